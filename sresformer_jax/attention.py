@@ -1,0 +1,113 @@
+"""Dual Spike Self-Attention (DSSA, SPEC §2).
+
+Per head i, with spikes S = SN(X) (queries, no projection) and [f1 | f2] = BN(Conv_{p×p/p}(S)):
+
+    AttnMap = SN( f1(S)ᵀ · S · c1 ),          c1 = 1 / √(r_x · d)
+    DSSA    = SN( f2(S) · AttnMap · c2 ),     c2 = 1 / √(r_A · N′)
+    out     = BN(Conv_1×1(DSSA)) + X
+
+d = C/h is the head dim, N′ = (H/p)(W/p) the number of key/value tokens (taken from the actual input,
+so a model runs at any resolution the patch size divides), r_x and r_A the firing rates of S and of
+the attention map: per-head EMAs (momentum 0.999, initialised from the first training batch, updated
+before use) kept in the ``firing_rates`` collection and frozen at evaluation.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from .layers import ConvBN, Dtype
+from .neurons import Neuron
+
+FIRING_RATES = "firing_rates"
+
+
+class FiringRatesNotSetError(ValueError):
+    """Evaluation was asked of a DSSA whose firing-rate statistics were never set."""
+
+
+def _firing_rate(var, batch_rate: jax.Array, train: bool, momentum: float, initializing: bool):
+    """Per-head rate used for the scale: the EMA updated with this batch (train) or the stored one (eval).
+
+    As the official code: a buffer that is still all zero is first set to the batch rate, then
+    r ← m·r + (1 − m)·r_batch (so the first batch leaves r = r_batch).
+    """
+    if not train:
+        return var.value.astype(batch_rate.dtype)
+    prev = var.value.astype(batch_rate.dtype)
+    prev = jnp.where(jnp.all(prev == 0), batch_rate, prev)
+    rate = prev * momentum + batch_rate * (1 - momentum)
+    if not initializing:
+        var.value = rate.astype(var.value.dtype)
+    return rate
+
+
+def check_firing_rates(value: jax.Array, path: str) -> None:
+    """Raises if concrete firing-rate statistics contain a zero (1/√0 would turn the logits into NaN)."""
+    if isinstance(value, jax.core.Tracer):
+        return
+    if bool(jnp.any(value == 0)):
+        raise FiringRatesNotSetError(
+            f"{path}: DSSA firing-rate statistics are not set (zero for some head), so evaluation would "
+            "divide by zero and return NaN. Calibrate them first with "
+            "`variables = sresformer_jax.model.calibrate(model, variables, x)` (one training-mode forward, "
+            "no weight update), train at least one step, or load a trained/converted checkpoint.")
+
+
+class DSSA(nn.Module):
+    """Multi-head DSSA block on the real-valued residual stream x [T, B, H, W, C] → same shape."""
+
+    dim: int
+    num_heads: int
+    patch_size: int
+    neuron: str = "LIF"
+    momentum: float = 0.999
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        T, B, H, W, C = x.shape
+        h, p = self.num_heads, self.patch_size
+        d = C // h
+        if C != self.dim or C % h:
+            raise ValueError(f"DSSA expects {self.dim} channels divisible by {h} heads, got {C}")
+        if H % p or W % p:
+            raise ValueError(f"DSSA patch size {p} does not divide the feature map {H}×{W}; choose an "
+                             "input size that every stage's patch size divides")
+        neuron = lambda name: Neuron(self.neuron, param_dtype=self.param_dtype, name=name)  # noqa: E731
+        init = self.is_initializing()
+
+        s = neuron("lif_in")(x)                                               # [T, B, H, W, C]
+        y = ConvBN(2 * C, p, stride=p, dtype=self.dtype, param_dtype=self.param_dtype,
+                   name="kv")(s, train)                                       # [T, B, H/p, W/p, 2C]
+        n_kv = y.shape[2] * y.shape[3]                                        # N'
+        y = y.reshape(T, B, n_kv, h, 2 * d)
+        y1, y2 = y[..., :d], y[..., d:]                                       # [T, B, N', h, d] each
+        q = s.reshape(T, B, H * W, h, d)                                      # [T, B, HW, h, d]
+
+        r_x = self.variable(FIRING_RATES, "firing_rate_x", jnp.zeros, (h,), self.param_dtype)
+        r_attn = self.variable(FIRING_RATES, "firing_rate_attn", jnp.zeros, (h,), self.param_dtype)
+        if not train and not init:
+            check_firing_rates(r_x.value, f"{self.name}/firing_rate_x")
+            check_firing_rates(r_attn.value, f"{self.name}/firing_rate_attn")
+
+        stat = jnp.promote_types(y.dtype, jnp.float32)
+        rate_x = _firing_rate(r_x, jnp.mean(jax.lax.stop_gradient(q).astype(stat), (0, 1, 2, 4)),
+                              train, self.momentum, init)                     # [h]
+        c1 = (1.0 / jnp.sqrt(rate_x * d)).astype(y.dtype)
+        attn = jnp.einsum("tbnhd,tbmhd->tbhnm", y1, q)                        # [T, B, h, N', HW]
+        attn = attn * c1[:, None, None]
+        a = neuron("lif_attn")(attn)                                          # spiking attention map
+
+        rate_a = _firing_rate(r_attn, jnp.mean(jax.lax.stop_gradient(a).astype(stat), (0, 1, 3, 4)),
+                              train, self.momentum, init)                     # [h]
+        c2 = (1.0 / jnp.sqrt(rate_a * n_kv)).astype(y.dtype)
+        out = jnp.einsum("tbnhd,tbhnm->tbmhd", y2, a)                         # [T, B, HW, h, d]
+        out = out * c2[:, None]
+        out = out.reshape(T, B, H, W, C)                                      # head-major channels
+
+        o = neuron("lif_out")(out)
+        o = ConvBN(C, 1, dtype=self.dtype, param_dtype=self.param_dtype, name="proj")(o, train)
+        return o + x

@@ -1,0 +1,40 @@
+"""Group-wise spiking feed-forward network (GWFFN, SPEC §3).
+
+    FFL_i(X) = BN(Conv_1×1(SN(X)))                  (up: C → R·C, down: R·C → C)
+    GWL(X)   = BN(GWConv_3×3(SN(X))) + X            (groups of G channels, inner skip)
+    GWFFN(X) = FFL_2(GWL(FFL_1(X))) + X
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from .layers import ConvBN, Dtype
+from .neurons import Neuron
+
+
+class GWFFN(nn.Module):
+    """x [T, B, H, W, C] (real) → same shape; expansion ``ratio`` R = 4, ``group_size`` G = 64."""
+
+    dim: int
+    ratio: int = 4
+    group_size: int = 64
+    neuron: str = "LIF"
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        inner = self.dim * self.ratio
+        if inner % self.group_size:
+            raise ValueError(f"GWFFN group size {self.group_size} does not divide {inner} = "
+                             f"{self.ratio}×{self.dim} hidden channels")
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        neuron = lambda name: Neuron(self.neuron, param_dtype=self.param_dtype, name=name)  # noqa: E731
+
+        u = ConvBN(inner, 1, name="up", **kw)(neuron("up_lif")(x), train)               # [T,B,H,W,RC]
+        g = ConvBN(inner, 3, padding=1, groups=inner // self.group_size, name="conv", **kw)(
+            neuron("conv_lif")(u), train)
+        u = g + u                                                                       # inner skip
+        return ConvBN(self.dim, 1, name="down", **kw)(neuron("down_lif")(u), train) + x

@@ -1,0 +1,156 @@
+"""Official PyTorch state dict ⇄ Flax variables (the model contract of ARCHITECTURE.md).
+
+    model, variables = from_official(cfg, state_dict, dtype=jnp.float32)
+    official = to_official(variables)          # any subset of collections, e.g. {"params": grads}
+
+Every official name maps to exactly one Flax leaf and back. Layouts: conv OIHW ⇄ HWIO, linear
+[out, in] ⇄ [in, out], DSSA firing-rate buffers [1, 1, h, 1, 1] ⇄ [h]; BN ``num_batches_tracked``
+is dropped on the way in and restored (as ``num_batches_tracked``, default 0) on the way out.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .model import SpikingResformer, dummy_input
+
+_BN_LEAF = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
+# Flax module name inside a block → official sub-module name.
+_DSSA = {"lif_in": "activation_in", "kv": "W", "kv/bn": "norm", "lif_attn": "activation_attn",
+         "lif_out": "activation_out", "proj": "Wproj", "proj/bn": "norm_proj"}
+_GWFFN = {"up_lif": "up.0", "up": "up.1", "up/bn": "up.2", "conv_lif": "conv.0.0", "conv": "conv.0.1",
+          "conv/bn": "conv.0.2", "down_lif": "down.0", "down": "down.1", "down/bn": "down.2"}
+_DOWN = {"lif": "activation", "conv": "conv", "conv/bn": "norm"}
+_STEM = {"stem": "prologue.0", "stem/bn": "prologue.1"}
+
+
+def _to_numpy(v: Any) -> np.ndarray:
+    if hasattr(v, "detach"):  # a torch tensor
+        v = v.detach().cpu().numpy()
+    return np.asarray(v)
+
+
+def _block_index(stage: int, kind: str, k: int) -> int:
+    """Position of a block inside official ``layers[stage - 1]`` (a downsample leads stages 2 and 3)."""
+    first = 0 if stage == 1 else 1
+    if kind == "downsample":
+        return 0
+    return first + 2 * (k - 1) + (0 if kind == "dssa" else 1)
+
+
+def official_name(path: tuple[str, ...]) -> str:
+    """Flax leaf path (without the collection) → official state-dict name."""
+    *mods, leaf = path
+    bn = bool(mods) and mods[-1] == "bn"
+    if bn:
+        mods, leaf = mods[:-1], "bn." + _BN_LEAF[leaf]
+    elif leaf == "kernel":
+        leaf = "weight"
+    top = mods[0] if mods else leaf
+    if top == "classifier":
+        return "classifier.weight"
+    if top == "stem":
+        return f"{_STEM['stem/bn' if bn else 'stem']}.{leaf}"
+    m = re.fullmatch(r"stage(\d+)_(dssa|gwffn|downsample)(\d*)", top)
+    if not m:
+        raise KeyError(f"no official name for Flax path {'/'.join(path)}")
+    stage, kind, k = int(m.group(1)), m.group(2), int(m.group(3) or 0)
+    prefix = f"layers.{stage - 1}.{_block_index(stage, kind, k)}"
+    if len(mods) == 1:  # firing-rate buffers live on the DSSA itself
+        return f"{prefix}.{leaf}"
+    table = {"dssa": _DSSA, "gwffn": _GWFFN, "downsample": _DOWN}[kind]
+    sub = "/".join(mods[1:]) + ("/bn" if bn else "")
+    return f"{prefix}.{table[sub]}.{leaf}"
+
+
+def _to_official_array(name: str, v: np.ndarray) -> np.ndarray:
+    if name.endswith("firing_rate_x") or name.endswith("firing_rate_attn"):
+        return v.reshape(1, 1, -1, 1, 1)
+    if name == "classifier.weight":
+        return v.T
+    if v.ndim == 4:  # HWIO → OIHW
+        return v.transpose(3, 2, 0, 1)
+    return v
+
+
+def _from_official_array(name: str, v: np.ndarray) -> np.ndarray:
+    if name.endswith("firing_rate_x") or name.endswith("firing_rate_attn"):
+        return v.reshape(-1)
+    if name == "classifier.weight":
+        return v.T
+    if v.ndim == 4:  # OIHW → HWIO
+        return v.transpose(2, 3, 1, 0)
+    return v
+
+
+def _flat(tree: Mapping) -> dict[tuple[str, ...], Any]:
+    return {tuple(str(getattr(k, "key", k)) for k in path): v
+            for path, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _unflat(flat: Mapping[tuple[str, ...], Any]) -> dict:
+    out: dict = {}
+    for path, v in flat.items():
+        node = out
+        for k in path[:-1]:
+            node = node.setdefault(k, {})
+        node[path[-1]] = v
+    return out
+
+
+def name_table(model: SpikingResformer) -> dict[str, tuple[tuple[str, ...], tuple[int, ...]]]:
+    """Official name → (Flax path with collection first, official shape) for every leaf of ``model``."""
+    abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), dummy_input(model), train=False))
+    table = {}
+    for path, leaf in _flat(abstract).items():
+        name = official_name(path[1:])
+        table[name] = (path, _to_official_array(name, np.zeros(leaf.shape, np.int8)).shape)
+    return table
+
+
+def from_official(cfg: Mapping[str, Any], state_dict: Mapping[str, Any], dtype=jnp.float32,
+                  ) -> tuple[SpikingResformer, dict]:
+    """Builds the model of ``cfg`` (the golden files' config keys) and its variables from an official
+    state dict (numpy arrays or torch tensors). Parameters and state are cast to ``dtype``, which is
+    also the model's computation dtype. Missing, unexpected or mis-shaped keys raise a ``ValueError``
+    that lists them all."""
+    if jnp.dtype(dtype) == jnp.float64 and not jax.config.jax_enable_x64:
+        raise ValueError("dtype=float64 needs 64-bit JAX: call jax.config.update('jax_enable_x64', True) first")
+    model = SpikingResformer.from_config(cfg, dtype=dtype, param_dtype=dtype)
+    table = name_table(model)
+    given = {k: v for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
+    missing = sorted(set(table) - set(given))
+    unexpected = sorted(set(given) - set(table))
+    misshaped = sorted(f"{k}: expected {list(table[k][1])}, got {list(np.shape(_to_numpy(given[k])))}"
+                       for k in set(table) & set(given) if tuple(np.shape(_to_numpy(given[k]))) != table[k][1])
+    if missing or unexpected or misshaped:
+        parts = [f"{len(missing)} missing: {missing}" if missing else "",
+                 f"{len(unexpected)} unexpected: {unexpected}" if unexpected else "",
+                 f"{len(misshaped)} mis-shaped: {misshaped}" if misshaped else ""]
+        raise ValueError("state dict does not match the model config "
+                         f"(planes={list(model.planes)}, num_classes={model.num_classes}, "
+                         f"activation={model.activation}): " + "; ".join(p for p in parts if p))
+    flat = {path: jnp.asarray(_from_official_array(name, _to_numpy(given[name])), dtype)
+            for name, (path, _) in table.items()}
+    return model, _unflat(flat)
+
+
+def to_official(variables: Mapping[str, Any], num_batches_tracked: int | None = 0) -> dict[str, np.ndarray]:
+    """Flax variables (any subset of the collections ``params``, ``batch_stats``, ``firing_rates``, or a
+    same-structured tree such as gradients under ``params``) → official names and layouts (numpy).
+    With ``batch_stats`` present, each BN's ``num_batches_tracked`` is added (int64), unless ``None``."""
+    out = {}
+    for path, v in _flat(variables).items():
+        name = official_name(path[1:])
+        out[name] = _to_official_array(name, np.asarray(v))
+        if num_batches_tracked is not None and name.endswith(".bn.running_mean"):
+            out[name[: -len("running_mean")] + "num_batches_tracked"] = np.asarray(num_batches_tracked,
+                                                                                  np.int64)
+    return out
+
+
+__all__ = ["from_official", "to_official", "official_name", "name_table"]

@@ -1,0 +1,240 @@
+"""SpikingResformer (SPEC §4): stem → 3 stages of [DSSA → GWFFN] with spiking downsamples → head.
+
+    x ─ stem ─ stage1 ─ ↓ ─ stage2 ─ ↓ ─ stage3 ─ avg-pool ─ classifier ─ logits [T, B, classes]
+
+Inside, activations are time-major [T, B, H, W, C] and the residual stream is real-valued; every block
+starts with a spiking neuron. Static images are directly encoded (repeated over T); since the stem has
+no neuron, it is computed once and broadcast over T (exact, BatchNorm's unbiased count included).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from .attention import DSSA, FIRING_RATES, FiringRatesNotSetError, check_firing_rates
+from .ffn import GWFFN
+from .layers import ConvBN, Dtype, max_pool, trunc_normal_init
+from .neurons import Neuron
+
+BATCH_STATS = "batch_stats"
+STATE_COLLECTIONS = (BATCH_STATS, FIRING_RATES)
+
+# The official constructors (models/spikingresformer.py); img_size / T / num_classes are the defaults
+# of the official code and are overridden per dataset (e.g. spikingresformer_cifar(num_classes=100, img_size=32)).
+_IMAGENET = dict(blocks=(1, 2, 3), patch_sizes=(4, 2, 1), img_size=224, T=4, in_channels=3,
+                 num_classes=1000, prologue="default", group_size=64, activation="LIF")
+VARIANTS: dict[str, dict[str, Any]] = {
+    "spikingresformer_ti": dict(_IMAGENET, planes=(64, 192, 384), num_heads=(1, 3, 6)),
+    "spikingresformer_s": dict(_IMAGENET, planes=(64, 256, 512), num_heads=(1, 4, 8)),
+    "spikingresformer_m": dict(_IMAGENET, planes=(64, 384, 768), num_heads=(1, 6, 12)),
+    "spikingresformer_l": dict(_IMAGENET, planes=(128, 512, 1024), num_heads=(2, 8, 16)),
+    "spikingresformer_cifar": dict(_IMAGENET, planes=(64, 192, 384), num_heads=(1, 3, 6),
+                                   prologue="conv3x3"),
+    "spikingresformer_dvsg": dict(_IMAGENET, planes=(32, 96, 192), num_heads=(1, 3, 6),
+                                  prologue="conv3x3", group_size=32, activation="PLIF"),
+}
+CONFIG_KEYS = ("blocks", "planes", "num_heads", "patch_sizes", "img_size", "T", "in_channels",
+               "num_classes", "prologue", "group_size", "activation", "dvs")
+
+
+class Downsample(nn.Module):
+    """LIF → Conv3×3 (stride 2, pad 1) → BN; no shortcut."""
+
+    features: int
+    neuron: str = "LIF"
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        s = Neuron(self.neuron, param_dtype=self.param_dtype, name="lif")(x)
+        return ConvBN(self.features, 3, stride=2, padding=1, dtype=self.dtype,
+                      param_dtype=self.param_dtype, name="conv")(s, train)
+
+
+class SpikingResformer(nn.Module):
+    """The SpikingResformer network. Fields are the official constructor's arguments.
+
+    ``__call__(x, train)``: ``x`` is NHWC ``[B, H, W, C]`` (static image, direct encoding over ``T``) or,
+    when ``dvs`` is set, event frames ``[B, T, H, W, C]``; returns per-step logits ``[T, B, classes]``.
+    Training mode needs ``mutable=["batch_stats", "firing_rates"]``.
+    """
+
+    blocks: Sequence[int] = (1, 2, 3)
+    planes: Sequence[int] = (64, 192, 384)
+    num_heads: Sequence[int] = (1, 3, 6)
+    patch_sizes: Sequence[int] = (4, 2, 1)
+    img_size: int = 224
+    T: int = 4
+    in_channels: int = 3
+    num_classes: int = 1000
+    prologue: str = "default"          # "default": 7×7/2 conv + BN + 3×3/2 max-pool; "conv3x3": 3×3/1 conv + BN
+    group_size: int = 64
+    activation: str = "LIF"            # "LIF" or "PLIF"
+    dvs: bool = False                  # input carries its own time axis [B, T, H, W, C]
+    dtype: Dtype | None = None         # computation dtype (None: the input's)
+    param_dtype: Dtype = jnp.float32
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any], **kwargs) -> "SpikingResformer":
+        """Builds the model from a config dict with the golden files' keys (``CONFIG_KEYS``)."""
+        unknown = sorted(set(cfg) - set(CONFIG_KEYS))
+        if unknown:
+            raise ValueError(f"unknown model config keys {unknown}; expected a subset of {list(CONFIG_KEYS)}")
+        fields = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in cfg.items()}
+        model = cls(**fields, **kwargs)
+        model.validate()
+        return model
+
+    def config(self) -> dict[str, Any]:
+        """The model's config dict (the golden files' keys), e.g. for checkpoints."""
+        return {k: list(v) if isinstance(v, tuple) else v
+                for k, v in ((k, getattr(self, k)) for k in CONFIG_KEYS)}
+
+    def validate(self) -> None:
+        """Checks the architecture fields; raises ValueError naming the field."""
+        n = len(self.planes)
+        for f in ("blocks", "num_heads", "patch_sizes"):
+            if len(getattr(self, f)) != n:
+                raise ValueError(f"{f} has {len(getattr(self, f))} entries but planes has {n}")
+        if self.T < 1:
+            raise ValueError(f"T must be >= 1, got {self.T}")
+        if self.prologue not in ("default", "conv3x3"):
+            raise ValueError(f"prologue must be 'default' or 'conv3x3', got {self.prologue!r}")
+        if self.activation not in ("LIF", "PLIF"):
+            raise ValueError(f"activation must be 'LIF' or 'PLIF', got {self.activation!r}")
+        for c, h in zip(self.planes, self.num_heads):
+            if h < 1 or c % h:
+                raise ValueError(f"num_heads {h} does not divide planes {c}")
+            if self.group_size < 1 or (4 * c) % self.group_size:
+                raise ValueError(f"group_size {self.group_size} does not divide 4×planes = {4 * c}")
+        self.stage_sizes(self.img_size)
+
+    def stage_sizes(self, img_size: int | tuple[int, int]) -> list[tuple[int, int]]:
+        """Feature-map (H, W) of each stage for an input size; raises if a patch size does not divide it."""
+        h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
+        if self.prologue == "default":
+            for _ in range(2):  # 7×7/2 conv (pad 3), then 3×3/2 max-pool (pad 1): ceil(·/2) each
+                h, w = (h + 1) // 2, (w + 1) // 2
+        sizes = []
+        for i, p in enumerate(self.patch_sizes):
+            if i:
+                h, w = (h + 1) // 2, (w + 1) // 2
+            if h < p or w < p or h % p or w % p:
+                raise ValueError(
+                    f"input size {img_size} gives a {h}×{w} feature map in stage {i + 1}, which its patch "
+                    f"size {p} does not divide; use an input size such as {self._example_size()}")
+            sizes.append((h, w))
+        return sizes
+
+    def _example_size(self) -> int:
+        m = 4 if self.prologue == "default" else 1
+        return m * 2 ** (len(self.patch_sizes) - 1) * max(self.patch_sizes) * 2
+
+    def _check_input(self, x: jax.Array) -> None:
+        want = "[B, T, H, W, C] event frames" if self.dvs else "[B, H, W, C] images (NHWC)"
+        if x.ndim != (5 if self.dvs else 4):
+            hint = (" (this model takes event frames: pass dvs=True only for such data)" if x.ndim == 5
+                    else " (a time axis is expected: the model was built with dvs=True)" if self.dvs else "")
+            raise ValueError(f"expected input {want}, got shape {tuple(x.shape)}{hint}")
+        if x.shape[-1] != self.in_channels:
+            raise ValueError(f"expected {self.in_channels} input channels in the last axis (NHWC), got "
+                             f"shape {tuple(x.shape)}; transpose NCHW input with x.transpose(0, 2, 3, 1)")
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            raise ValueError(f"expected a floating-point input, got {x.dtype}")
+        self.stage_sizes(tuple(x.shape[-3:-1]))
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        self._check_input(x)
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        dtype = self.dtype or x.dtype
+        x = x.astype(dtype)
+        if self.prologue == "default":
+            stem = ConvBN(self.planes[0], 7, stride=2, padding=3, name="stem", **kw)
+        else:
+            stem = ConvBN(self.planes[0], 3, stride=1, padding=1, name="stem", **kw)
+        if self.dvs:
+            x = stem(jnp.swapaxes(x, 0, 1), train)                           # [T, B, H, W, D1]
+        else:
+            x = stem(x, train, repeat=self.T)                                 # [B, H, W, D1], once for all T
+        if self.prologue == "default":
+            x = max_pool(x, 3, 2, 1)
+        if not self.dvs:
+            x = jnp.broadcast_to(x[None], (self.T,) + x.shape)                # direct encoding
+        for i, (n, c, h, p) in enumerate(zip(self.blocks, self.planes, self.num_heads, self.patch_sizes)):
+            s = i + 1
+            if i:
+                x = Downsample(c, self.activation, name=f"stage{s}_downsample", **kw)(x, train)
+            for k in range(1, n + 1):
+                x = DSSA(c, h, p, self.activation, name=f"stage{s}_dssa{k}", **kw)(x, train)
+                x = GWFFN(c, group_size=self.group_size, neuron=self.activation,
+                          name=f"stage{s}_gwffn{k}", **kw)(x, train)
+        x = jnp.mean(x, axis=(2, 3))                                          # [T, B, D3]
+        return nn.Dense(self.num_classes, use_bias=False, kernel_init=trunc_normal_init(0.02),
+                        name="classifier", **kw)(x)                           # [T, B, classes]
+
+
+def config_for(name: str, **overrides) -> dict[str, Any]:
+    """The config dict of a registered variant, with overrides (e.g. ``num_classes=100, img_size=32``)."""
+    if name not in VARIANTS:
+        raise ValueError(f"unknown variant {name!r}; choose one of {sorted(VARIANTS)}")
+    cfg = dict(VARIANTS[name], **overrides)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}
+
+
+def create_model(name: str, dtype: Dtype | None = None, param_dtype: Dtype = jnp.float32,
+                 **overrides) -> SpikingResformer:
+    """A registered variant: ``create_model("spikingresformer_cifar", num_classes=100, img_size=32)``."""
+    return SpikingResformer.from_config(config_for(name, **overrides), dtype=dtype,
+                                        param_dtype=param_dtype)
+
+
+def dummy_input(model: SpikingResformer, batch: int = 1, dtype=jnp.float32) -> jax.Array:
+    """A zero input of the model's expected shape at its ``img_size``."""
+    hw = (model.img_size, model.img_size, model.in_channels)
+    return jnp.zeros((batch, model.T) + hw if model.dvs else (batch,) + hw, dtype)
+
+
+def init_variables(model: SpikingResformer, rng: jax.Array, x: jax.Array | None = None) -> dict:
+    """Initialised variables (params, batch_stats, firing_rates = 0), jitted. Weights as the official
+    ``init_weight``: conv/linear kernels trunc_normal(0.02), BN γ = 1, β = 0, PLIF w = 0."""
+    x = dummy_input(model, dtype=model.param_dtype) if x is None else x
+    return jax.jit(lambda r, x: model.init(r, x, train=False))(rng, x)
+
+
+def calibrate(model: SpikingResformer, variables: Mapping, x: jax.Array,
+              collections: Sequence[str] = STATE_COLLECTIONS) -> dict:
+    """One training-mode forward (no weight update) whose updated state replaces ``collections``.
+
+    Sets the DSSA firing-rate statistics of a fresh model (the official model's buffers after one
+    training forward), so that it can be evaluated without dividing by zero.
+    """
+    _, new_state = model.apply(variables, x, train=True, mutable=list(STATE_COLLECTIONS))
+    out = dict(variables)
+    for c in collections:
+        out[c] = new_state[c]
+    return out
+
+
+def check_calibrated(variables: Mapping) -> None:
+    """Raises ``FiringRatesNotSetError`` if any DSSA firing-rate statistic is zero (evaluation would give NaN)."""
+    flat = jax.tree_util.tree_flatten_with_path(variables.get(FIRING_RATES, {}))[0]
+    for path, value in flat:
+        check_firing_rates(value, "/".join(str(getattr(k, "key", k)) for k in path))
+
+
+def count_params(params: Mapping, include_bn: bool = True) -> int:
+    """Number of parameters; ``include_bn=False`` drops BN γ/β (the paper's count for Ti and M, SPEC §4.3)."""
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    return sum(int(v.size) for path, v in flat
+               if include_bn or "bn" not in [getattr(k, "key", None) for k in path])
+
+
+__all__ = ["SpikingResformer", "Downsample", "VARIANTS", "CONFIG_KEYS", "BATCH_STATS", "FIRING_RATES",
+           "STATE_COLLECTIONS", "FiringRatesNotSetError", "config_for", "create_model", "dummy_input",
+           "init_variables", "calibrate", "check_calibrated", "count_params"]

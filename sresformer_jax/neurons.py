@@ -1,0 +1,106 @@
+"""Spiking neurons as pure functions (SPEC §1).
+
+The spike is a Heaviside step with a surrogate derivative (``jax.custom_vjp``); LIF and PLIF are
+multi-step neurons written as a ``lax.scan`` over the leading time axis. The membrane starts at
+zero on every call: there is no hidden state and nothing to reset between batches.
+
+Per neuron and time step t (SpikingJelly ``LIFNode``/``ParametricLIFNode``, v_reset = 0,
+``decay_input=True``, ``detach_reset=True``):
+
+    H[t] = V[t-1] + (X[t] - V[t-1]) / tau        (PLIF: 1/tau = sigmoid(w))
+    S[t] = Θ(H[t] - V_th)                         (Θ(x) = 1 if x >= 0)
+    V[t] = H[t] · (1 - sg(S[t]))                  (hard reset to 0, reset detached from the gradient)
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+SURROGATES = ("atan", "sigmoid")
+DEFAULT_ALPHA = {"atan": 2.0, "sigmoid": 4.0}
+
+
+def surrogate_grad(x: jax.Array, surrogate: str = "atan", alpha: float | None = None) -> jax.Array:
+    """Derivative of the smooth stand-in for Θ at ``x``.
+
+    atan:    g'(x) = (α/2) / (1 + (π/2·α·x)²)      (α = 2 → 1 / (1 + (πx)²); SpikingJelly ``ATan``)
+    sigmoid: g'(x) = α·σ(αx)·(1 − σ(αx))           (α = 4; SpikingJelly ``Sigmoid``)
+    """
+    alpha = DEFAULT_ALPHA[surrogate] if alpha is None else alpha
+    if surrogate == "atan":
+        return alpha / 2 / (1 + jnp.square(math.pi / 2 * alpha * x))
+    if surrogate == "sigmoid":
+        s = jax.nn.sigmoid(alpha * x)
+        return alpha * s * (1 - s)
+    raise ValueError(f"unknown surrogate {surrogate!r}; choose one of {SURROGATES}")
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def spike(x: jax.Array, surrogate: str = "atan", alpha: float | None = None) -> jax.Array:
+    """Heaviside step Θ(x) = [x >= 0] in ``x``'s dtype; backward pass uses the surrogate derivative."""
+    return (x >= 0).astype(x.dtype)
+
+
+def _spike_fwd(x, surrogate, alpha):
+    return spike(x, surrogate, alpha), x
+
+
+def _spike_bwd(surrogate, alpha, x, g):
+    return (surrogate_grad(x, surrogate, alpha) * g,)
+
+
+spike.defvjp(_spike_fwd, _spike_bwd)
+
+
+def _multistep(x_seq, charge, v_threshold, surrogate, alpha, unroll):
+    """Scans charge → fire → hard reset over the leading time axis of ``x_seq``."""
+
+    def step(v, x):
+        h = charge(v, x)
+        s = spike(h - v_threshold, surrogate, alpha)
+        v = (1.0 - jax.lax.stop_gradient(s)) * h
+        return v, s
+
+    v0 = jnp.zeros_like(x_seq[0])
+    _, s_seq = jax.lax.scan(step, v0, x_seq, unroll=unroll)
+    return s_seq
+
+
+def lif(x_seq: jax.Array, tau: float = 2.0, v_threshold: float = 1.0, surrogate: str = "atan",
+        alpha: float | None = None, unroll: int | bool = 1) -> jax.Array:
+    """Multi-step LIF: ``x_seq`` [T, ...] real input → spikes [T, ...]. H = V + (X − V)/τ."""
+    return _multistep(x_seq, lambda v, x: v + (x - v) / tau, v_threshold, surrogate, alpha, unroll)
+
+
+def plif(x_seq: jax.Array, w: jax.Array, v_threshold: float = 1.0, surrogate: str = "atan",
+         alpha: float | None = None, unroll: int | bool = 1) -> jax.Array:
+    """Multi-step parametric LIF: H = V + (X − V)·sigmoid(w), one learnable scalar ``w`` per layer."""
+    k = jax.nn.sigmoid(w).astype(x_seq.dtype)
+    return _multistep(x_seq, lambda v, x: v + (x - v) * k, v_threshold, surrogate, alpha, unroll)
+
+
+class Neuron(nn.Module):
+    """A spiking neuron layer over time-major input [T, ...]: ``LIF`` or ``PLIF`` (param ``w``, init
+    −ln(τ₀ − 1) = 0 for τ₀ = 2)."""
+
+    kind: str = "LIF"
+    tau: float = 2.0
+    v_threshold: float = 1.0
+    surrogate: str = "atan"
+    alpha: float | None = None
+    unroll: int | bool = 1
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_seq: jax.Array) -> jax.Array:
+        if self.kind == "LIF":
+            return lif(x_seq, self.tau, self.v_threshold, self.surrogate, self.alpha, self.unroll)
+        if self.kind == "PLIF":
+            w0 = -math.log(self.tau - 1.0)
+            w = self.param("w", lambda _: jnp.asarray(w0, self.param_dtype))
+            return plif(x_seq, w, self.v_threshold, self.surrogate, self.alpha, self.unroll)
+        raise ValueError(f"unknown neuron kind {self.kind!r}; choose 'LIF' or 'PLIF'")
