@@ -76,7 +76,7 @@ class DSSA(nn.Module):
         if H % p or W % p:
             raise ValueError(f"DSSA patch size {p} does not divide the feature map {H}×{W}; choose an "
                              "input size that every stage's patch size divides")
-        neuron = lambda name: Neuron(self.neuron, param_dtype=self.param_dtype, name=name)  # noqa: E731
+        neuron = lambda name, **kw: Neuron(self.neuron, param_dtype=self.param_dtype, name=name, **kw)  # noqa: E731
         init = self.is_initializing()
 
         s = neuron("lif_in")(x)                                               # [T, B, H, W, C]
@@ -99,7 +99,7 @@ class DSSA(nn.Module):
         c1 = (1.0 / jnp.sqrt(rate_x * d)).astype(y.dtype)
         attn = jnp.einsum("tbnhd,tbmhd->tbhnm", y1, q)                        # [T, B, h, N', HW]
         attn = attn * c1[:, None, None]
-        a = neuron("lif_attn")(attn)                                          # spiking attention map
+        a = neuron("lif_attn", count_map=False)(attn)                                          # spiking attention map
 
         rate_a = _firing_rate(r_attn, jnp.mean(jax.lax.stop_gradient(a).astype(stat), (0, 1, 3, 4)),
                               train, self.momentum, init)                     # [h]

@@ -214,7 +214,8 @@ def calibrate(model: SpikingResformer, variables: Mapping, x: jax.Array,
     Sets the DSSA firing-rate statistics of a fresh model (the official model's buffers after one
     training forward), so that it can be evaluated without dividing by zero.
     """
-    _, new_state = model.apply(variables, x, train=True, mutable=list(STATE_COLLECTIONS))
+    apply = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=list(STATE_COLLECTIONS))[1])
+    new_state = apply(variables, x)
     out = dict(variables)
     for c in collections:
         out[c] = new_state[c]

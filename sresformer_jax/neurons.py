@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 SURROGATES = ("atan", "sigmoid")
+SPIKE_COUNTS = "spike_counts"  # optional collection: per-layer spike counts, for firing rates and SOPs
 DEFAULT_ALPHA = {"atan": 2.0, "sigmoid": 4.0}
 
 
@@ -42,6 +43,9 @@ def surrogate_grad(x: jax.Array, surrogate: str = "atan", alpha: float | None = 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
 def spike(x: jax.Array, surrogate: str = "atan", alpha: float | None = None) -> jax.Array:
     """Heaviside step Θ(x) = [x >= 0] in ``x``'s dtype; backward pass uses the surrogate derivative."""
+    if surrogate not in SURROGATES:
+        raise ValueError(f"unknown surrogate {surrogate!r}; choose one of {SURROGATES}")
+    x = jnp.asarray(x)
     return (x >= 0).astype(x.dtype)
 
 
@@ -94,13 +98,24 @@ class Neuron(nn.Module):
     alpha: float | None = None
     unroll: int | bool = 1
     param_dtype: jnp.dtype = jnp.float32
+    count_map: bool = True  # with spike counting on: also sow the per-pixel count map of [T, B, H, W, C] spikes
 
     @nn.compact
     def __call__(self, x_seq: jax.Array) -> jax.Array:
         if self.kind == "LIF":
-            return lif(x_seq, self.tau, self.v_threshold, self.surrogate, self.alpha, self.unroll)
-        if self.kind == "PLIF":
+            s = lif(x_seq, self.tau, self.v_threshold, self.surrogate, self.alpha, self.unroll)
+        elif self.kind == "PLIF":
             w0 = -math.log(self.tau - 1.0)
             w = self.param("w", lambda _: jnp.asarray(w0, self.param_dtype))
-            return plif(x_seq, w, self.v_threshold, self.surrogate, self.alpha, self.unroll)
-        raise ValueError(f"unknown neuron kind {self.kind!r}; choose 'LIF' or 'PLIF'")
+            s = plif(x_seq, w, self.v_threshold, self.surrogate, self.alpha, self.unroll)
+        else:
+            raise ValueError(f"unknown neuron kind {self.kind!r}; choose 'LIF' or 'PLIF'")
+        if self.is_mutable_collection(SPIKE_COUNTS) and not self.is_initializing():
+            # Exact integer counts (only computed when the caller asks for this collection).
+            si = jax.lax.stop_gradient(s).astype(jnp.int32)
+            self.sow(SPIKE_COUNTS, "total", jnp.sum(si))
+            self.sow(SPIKE_COUNTS, "numel", jnp.asarray(s.size, jnp.int32) if s.size < 2**31 else
+                     jnp.asarray(s.size, jnp.float32))
+            if self.count_map and s.ndim == 5:
+                self.sow(SPIKE_COUNTS, "map", jnp.sum(si, axis=(0, 1, 4)))  # [H, W]
+        return s
