@@ -26,7 +26,7 @@ STATE_COLLECTIONS = (BATCH_STATS, FIRING_RATES)
 # The official constructors (models/spikingresformer.py); img_size / T / num_classes are the defaults
 # of the official code and are overridden per dataset (e.g. spikingresformer_cifar(num_classes=100, img_size=32)).
 _IMAGENET = dict(blocks=(1, 2, 3), patch_sizes=(4, 2, 1), img_size=224, T=4, in_channels=3,
-                 num_classes=1000, prologue="default", group_size=64, activation="LIF")
+                 num_classes=1000, prologue="default", group_size=64, activation="LIF", dvs=False)
 VARIANTS: dict[str, dict[str, Any]] = {
     "spikingresformer_ti": dict(_IMAGENET, planes=(64, 192, 384), num_heads=(1, 3, 6)),
     "spikingresformer_s": dict(_IMAGENET, planes=(64, 256, 512), num_heads=(1, 4, 8)),
@@ -35,7 +35,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "spikingresformer_cifar": dict(_IMAGENET, planes=(64, 192, 384), num_heads=(1, 3, 6),
                                    prologue="conv3x3"),
     "spikingresformer_dvsg": dict(_IMAGENET, planes=(32, 96, 192), num_heads=(1, 3, 6),
-                                  prologue="conv3x3", group_size=32, activation="PLIF"),
+                                  prologue="conv3x3", group_size=32, activation="PLIF",
+                                  dvs=True),
 }
 CONFIG_KEYS = ("blocks", "planes", "num_heads", "patch_sizes", "img_size", "T", "in_channels",
                "num_classes", "prologue", "group_size", "activation", "dvs")
