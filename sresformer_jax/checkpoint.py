@@ -176,3 +176,120 @@ def load_model(directory: str | os.PathLike, dtype=None) -> tuple[SpikingResform
     restored = _checkpointer().restore(directory, ocp.args.Composite(**{
         STATE: ocp.args.StandardRestore(jax.tree_util.tree_map(target, meta))}))[STATE]
     return model, _plain(restored)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Training checkpoints: workdir/checkpoints/<step>/ (the last K) and workdir/best/<step>/ (best held-out
+# top-1). Each holds ``state/`` (the whole TrainState pytree) and ``meta/`` (JSON: step, data position,
+# best top-1, the model config and the full training config).
+# --------------------------------------------------------------------------------------------------------
+
+TRAIN_ITEMS = ("state", "meta")
+
+
+class CorruptCheckpointError(ValueError):
+    """No readable training checkpoint remains in a workdir that has checkpoints."""
+
+
+def _manager(directory: Path, keep: int) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False,
+                                           cleanup_tmp_directories=True)
+    return ocp.CheckpointManager(directory, options=options, item_names=TRAIN_ITEMS)
+
+
+class TrainCheckpoints:
+    """The checkpoints of one training workdir (orbax ``CheckpointManager``s; writes are atomic)."""
+
+    def __init__(self, workdir: str | os.PathLike, keep: int = 2):
+        workdir = Path(workdir).absolute()
+        self.latest_dir, self.best_dir = workdir / "checkpoints", workdir / "best"
+        self._latest = _manager(self.latest_dir, keep)
+        self._best = _manager(self.best_dir, 1)
+
+    @staticmethod
+    def _args(state, meta) -> ocp.args.Composite:
+        from flax import serialization
+        return ocp.args.Composite(state=ocp.args.StandardSave(serialization.to_state_dict(state)),
+                                  meta=ocp.args.JsonSave(json.loads(json.dumps(meta, default=str))))
+
+    def save(self, step: int, state, meta: Mapping[str, Any]) -> None:
+        if step not in self._latest.all_steps():
+            self._latest.save(step, args=self._args(state, meta), force=True)
+
+    def save_best(self, step: int, state, meta: Mapping[str, Any]) -> None:
+        for old in self._best.all_steps():
+            if old != step:
+                self._best.delete(old)
+        if step not in self._best.all_steps():
+            self._best.save(step, args=self._args(state, meta), force=True)
+
+    def restore_latest(self, abstract_state):
+        """(state, meta) of the newest readable checkpoint, or None when the workdir has none.
+
+        A checkpoint that fails to restore (deleted, truncated or garbage files) is reported and skipped
+        for the one before it; if checkpoints exist but none is readable, ``CorruptCheckpointError``."""
+        from flax import serialization
+        import sys
+        steps = sorted(self._latest.all_steps(), reverse=True)
+        errors = []
+        for step in steps:
+            try:
+                restored = self._latest.restore(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(serialization.to_state_dict(abstract_state)),
+                    meta=ocp.args.JsonRestore()))
+                state = serialization.from_state_dict(abstract_state, restored["state"])
+                return state, dict(restored["meta"])
+            except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many kinds
+                path = self.latest_dir / str(step)
+                errors.append(f"{path}: {type(e).__name__}: {str(e).splitlines()[0][:300]}")
+                print(f"checkpoint {path} is unreadable ({type(e).__name__}); trying an older one",
+                      file=sys.stderr)
+        if steps:
+            raise CorruptCheckpointError(
+                "no readable checkpoint in " + str(self.latest_dir) + ":\n  " + "\n  ".join(errors)
+                + "\nRefusing to start from scratch over this workdir: move it away or pick another --workdir.")
+        return None
+
+    def close(self) -> None:
+        self._latest.close()
+        self._best.close()
+
+
+def _restore_train_variables(step_dir: Path) -> tuple[dict, dict]:
+    """(meta, variables) from one training checkpoint step directory."""
+    ckptr = ocp.Checkpointer(ocp.CompositeCheckpointHandler(state=ocp.StandardCheckpointHandler(),
+                                                            meta=ocp.JsonCheckpointHandler()))
+    meta = ckptr.restore(step_dir, ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    tree = ckptr.metadata(step_dir).item_metadata["state"]
+    tree = getattr(tree, "tree", tree)
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=sharding), tree)
+    state = ckptr.restore(step_dir, ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+    return dict(meta), {c: _plain(state[c]) for c in ("params", "batch_stats", "firing_rates")}
+
+
+def find_train_checkpoint(path: str | os.PathLike, prefer: str = "best") -> Path | None:
+    """The step directory to use for a training workdir (``best`` or ``latest``), or None if there is none."""
+    path = Path(path).absolute()
+    order = ("best", "checkpoints") if prefer == "best" else ("checkpoints", "best")
+    for sub in order:
+        d = path / sub
+        steps = sorted((int(p.name) for p in d.iterdir() if p.name.isdigit()), reverse=True) if d.is_dir() else []
+        if steps:
+            return d / str(steps[0])
+    return None
+
+
+def load_variables(path: str | os.PathLike, prefer: str = "best") -> tuple[dict, dict]:
+    """(model config, variables) from a model checkpoint (``save_model``/convert), a training workdir
+    (its best, else latest, checkpoint) or one training step directory."""
+    path = Path(path).absolute()
+    if (path / STATE).is_dir() and (path / MODEL_CONFIG).is_dir():
+        model, variables = load_model(path)
+        return model.config(), variables
+    step_dir = path if (path / "meta").is_dir() and (path / "state").is_dir() else find_train_checkpoint(path, prefer)
+    if step_dir is None:
+        raise FileNotFoundError(f"no checkpoint at {path}: expected a training workdir (with checkpoints/ or "
+                                f"best/), one of its step directories, or {_EXPECTED}")
+    meta, variables = _restore_train_variables(step_dir)
+    return meta["model_config"], variables

@@ -44,7 +44,7 @@ def max_pool(x: jax.Array, window: int = 3, stride: int = 2, padding: int = 1) -
     """PyTorch ``MaxPool2d(window, stride, padding)`` on [..., H, W, C] (padding with −inf)."""
     lead, (h, w, c) = x.shape[:-3], x.shape[-3:]
     y = jax.lax.reduce_window(
-        x.reshape((-1, h, w, c)), jnp.array(-jnp.inf, x.dtype), jax.lax.max,
+        x.reshape((-1, h, w, c)), -jnp.inf, jax.lax.max,
         (1, window, window, 1), (1, stride, stride, 1),
         ((0, 0), (padding, padding), (padding, padding), (0, 0)))
     return y.reshape(lead + y.shape[1:])
