@@ -1,0 +1,38 @@
+"""Fields every training config has (the schema checked by sresformer_jax.training.config).
+
+Not a config to run: configs/*.py start from ``base_config()`` and set the numbers of their recipe.
+"""
+import ml_collections
+
+from sresformer_jax.model import config_for
+
+
+def model_config(variant: str, **overrides) -> ml_collections.ConfigDict:
+    """An official variant's constructor arguments (sresformer_jax.model.VARIANTS) with overrides."""
+    return ml_collections.ConfigDict(config_for(variant, **overrides))
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.model_name = ""
+    c.model = ml_collections.ConfigDict()
+    c.dataset = ml_collections.ConfigDict(dict(name="", data_dir=ml_collections.config_dict.placeholder(str)))
+    c.seed = 12450                    # the official seed
+    c.batch_size = 128                # global batch (all devices, all hosts)
+    c.eval_batch_size = 128
+    c.precision = "float32"           # "bfloat16": bf16 compute, float32 master weights
+    c.optim = ml_collections.ConfigDict(dict(
+        lr=1e-3, weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-8, epochs=300, warmup_epochs=3, warmup_lr=1e-5,
+        min_lr=1e-5, schedule_per_step=False))   # timm cosine stepped once per epoch (official)
+    c.loss = ml_collections.ConfigDict(dict(label_smoothing=0.1, tet=False, tet_phi=1.0, tet_lambda=0.0))
+    c.mixup = ml_collections.ConfigDict(dict(enabled=False, mixup_alpha=0.0, cutmix_alpha=0.0, prob=1.0,
+                                             switch_prob=0.5))
+    c.total_steps = -1                # -1: optim.epochs × steps per epoch
+    c.log_every_steps = 50
+    c.eval_every_epochs = 1           # the official code evaluates (and keeps the best) after every epoch
+    c.checkpoint_every_steps = 1000
+    c.keep_checkpoints = 2
+    c.init_from = ml_collections.config_dict.placeholder(str)  # checkpoint to fine-tune from (transfer)
+    c.transfer = False                # True: init_from is required (the transfer_* recipes)
+    c.progress_bar = True
+    return c

@@ -1,0 +1,1 @@
+"""Training: optimizer and schedule, losses, train state, sharded steps, checkpoints, logging, the loop."""

@@ -1,0 +1,72 @@
+"""Checks a training config before anything is compiled; errors name the field and the fix."""
+from __future__ import annotations
+
+import jax
+
+from ..model import CONFIG_KEYS, SpikingResformer
+
+# field → accepted types (int where a float is expected is fine)
+SCHEMA = {
+    "model_name": (str,), "seed": (int,), "batch_size": (int,), "eval_batch_size": (int,),
+    "precision": (str,), "total_steps": (int,), "log_every_steps": (int,), "eval_every_epochs": (int,),
+    "checkpoint_every_steps": (int,), "keep_checkpoints": (int,), "init_from": (str, type(None)),
+    "progress_bar": (bool,), "transfer": (bool,),
+    "optim.lr": (float, int), "optim.weight_decay": (float, int), "optim.b1": (float,), "optim.b2": (float,),
+    "optim.eps": (float,), "optim.epochs": (int,), "optim.warmup_epochs": (int,),
+    "optim.warmup_lr": (float, int), "optim.min_lr": (float, int), "optim.schedule_per_step": (bool,),
+    "loss.label_smoothing": (float, int), "loss.tet": (bool,), "loss.tet_phi": (float, int),
+    "loss.tet_lambda": (float, int),
+    "mixup.enabled": (bool,), "mixup.mixup_alpha": (float, int), "mixup.cutmix_alpha": (float, int),
+    "mixup.prob": (float, int), "mixup.switch_prob": (float, int),
+    "dataset.name": (str,),
+}
+
+
+def _get(config, dotted):
+    node = config
+    for part in dotted.split("."):
+        if part not in node:
+            raise KeyError(dotted)
+        node = node[part]
+    return node
+
+
+def validate_config(config) -> None:
+    """Raises ValueError naming the first bad field: missing, wrong type, or inconsistent."""
+    problems = []
+    for key, types in SCHEMA.items():
+        try:
+            value = _get(config, key)
+        except KeyError:
+            problems.append(f"config.{key} is missing")
+            continue
+        if isinstance(value, bool) and bool not in types:
+            problems.append(f"config.{key} must be {'/'.join(t.__name__ for t in types)}, got bool {value!r}")
+        elif not isinstance(value, types):
+            problems.append(f"config.{key} must be {'/'.join(t.__name__ for t in types)}, "
+                            f"got {type(value).__name__} {value!r}")
+    if "model" not in config:
+        problems.append("config.model is missing (the model config: " + ", ".join(CONFIG_KEYS) + ")")
+    if problems:
+        raise ValueError("bad config:\n  " + "\n  ".join(problems))
+    unknown = sorted(set(config.model.keys()) - set(CONFIG_KEYS))
+    if unknown:
+        raise ValueError(f"config.model has unknown keys {unknown}; allowed: {list(CONFIG_KEYS)}")
+    try:
+        SpikingResformer.from_config(config.model.to_dict())
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"config.model: {e}") from e
+    n = jax.device_count()
+    for key in ("batch_size", "eval_batch_size"):
+        if config[key] < 1 or config[key] % n:
+            raise ValueError(f"config.{key}={config[key]} must be a positive multiple of the {n} devices "
+                             f"(global batch, sharded over devices); e.g. --config.{key}={max(n, config[key] // n * n)}")
+    for key in ("log_every_steps", "eval_every_epochs", "checkpoint_every_steps", "keep_checkpoints"):
+        if config[key] < 1:
+            raise ValueError(f"config.{key} must be >= 1, got {config[key]}")
+    if config.transfer and not config.init_from:
+        raise ValueError("config.init_from is required by this transfer recipe: pass "
+                         "--config.init_from=PATH (an ImageNet SpikingResformer-S training workdir or a "
+                         "checkpoint converted with python -m sresformer_jax.convert)")
+    if config.optim.epochs < 1:
+        raise ValueError(f"config.optim.epochs must be >= 1, got {config.optim.epochs}")

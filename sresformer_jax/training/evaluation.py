@@ -1,0 +1,65 @@
+"""Evaluation with the paper's energy report: accuracy, per-layer firing rates, SOPs, energy, MACs.
+
+Every test image is counted exactly once: the last, shorter batch is run unpadded (padding rows would
+add spikes that belong to no image).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+from ..energy import SOPCounter
+from ..model import SpikingResformer, check_calibrated
+from .steps import eval_step, global_batch, shardings
+
+
+def evaluate_with_energy(model: SpikingResformer, variables: dict, data, mesh) -> dict:
+    """Top-1/top-5/loss over the test set and the SOP/energy report (keys of ``energy.SOPCounter.report``)."""
+    check_calibrated(variables)
+    replicated, data_sharding = shardings(mesh)
+    step = jax.jit(lambda v, b: eval_step(v, b, model=model, count_spikes=True))
+    counter = SOPCounter(model)
+    sums = None
+    for local in data.eval_batches(pad=jax.process_count() > 1):
+        n = len(local["label"])
+        sharding = data_sharding if n % jax.device_count() == 0 else replicated
+        batch = global_batch(local, sharding) if sharding is data_sharding else jax.device_put(local, replicated)
+        out, counts = step(variables, batch)
+        counter.update(jax.device_get(counts), int(out["count"]))
+        sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+    sums = jax.device_get(sums)
+    n = float(sums["count"])
+    report = counter.report(img_size=tuple(data.input_shape[-3:-1]))
+    return {"top1": float(sums["top1"]) / n, "top5": float(sums["top5"]) / n, "loss": float(sums["loss"]) / n,
+            "num_images": int(n), **report}
+
+
+def plot_firing_rates(rates: dict[str, float], out: str | Path, title: str = "") -> Path:
+    """Bar chart of firing rate per spiking layer (official names) → PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names, values = list(rates), [100 * v for v in rates.values()]
+    fig, ax = plt.subplots(figsize=(max(6, 0.28 * len(names)), 4))
+    ax.bar(range(len(names)), values, color="tab:blue")
+    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
+    ax.set_ylabel("firing rate (%)")
+    ax.set_title(title or "firing rate per spiking layer")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return Path(out)
+
+
+def write_report(report: dict, workdir: str | Path, title: str = "") -> tuple[Path, Path]:
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "eval.json"
+    path.write_text(json.dumps(report, indent=1, default=float))
+    png = plot_firing_rates(report["firing_rates"], workdir / "firing_rates.png", title)
+    return path, png

@@ -1,0 +1,97 @@
+"""Jitted, sharded train and eval steps.
+
+The batch is sharded over the mesh's ``data`` axis, the state replicated; XLA inserts the collectives,
+so BatchNorm and firing-rate statistics are computed over the *global* batch (like SyncBN), and
+gradients are the global-batch mean.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from ..model import STATE_COLLECTIONS
+from ..neurons import SPIKE_COUNTS
+from .losses import classification_loss, smooth_targets, topk_correct
+from .state import TrainState
+
+DATA_AXIS = "data"
+
+
+def make_mesh() -> jax.sharding.Mesh:
+    """One data-parallel axis over every device of every process (Auto axis: XLA's partitioner places
+    the collectives; room is left for an FSDP/model axis)."""
+    return jax.make_mesh((jax.device_count(),), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def shardings(mesh):
+    """(replicated, batch-sharded) NamedShardings."""
+    return NamedSharding(mesh, P()), NamedSharding(mesh, P(DATA_AXIS))
+
+
+def global_batch(local: dict, data_sharding) -> dict:
+    """Host-local numpy batch → global jax arrays sharded over the data axis (every host feeds its part)."""
+    return {k: jax.make_array_from_process_local_data(data_sharding, v) for k, v in local.items()}
+
+
+def train_step(state: TrainState, batch: dict, *, model, tx, schedule, config) -> tuple[TrainState, dict]:
+    """One optimizer step: forward (train mode) → loss on T-averaged logits → grads → AdamW."""
+    rng = jax.random.fold_in(state.rng, state.step)
+    labels = batch["label"]
+    images = batch["image"]
+    targets = smooth_targets(labels, model.num_classes, config.loss.label_smoothing)
+    if config.mixup.enabled:
+        from ..data.mixup import mixup_cutmix
+        images, targets = mixup_cutmix(rng, images, targets, config.mixup)
+
+    def loss_fn(params):
+        logits, new_state = model.apply({"params": params, "batch_stats": state.batch_stats,
+                                         "firing_rates": state.firing_rates}, images, train=True,
+                                        mutable=list(STATE_COLLECTIONS))
+        loss = classification_loss(logits, targets, config.loss.tet, config.loss.tet_phi,
+                                   config.loss.tet_lambda)
+        return loss, (logits, new_state)
+
+    (loss, (logits, new_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(params=state.params, updates=updates)
+    correct = topk_correct(logits, labels, (1,))
+    metrics = {"loss": loss, "top1": correct["top1"].mean(), "lr": schedule(state.step),
+               "grad_norm": optax.global_norm(grads)}
+    new = state.replace(step=state.step + 1, params=params, batch_stats=new_state["batch_stats"],
+                        firing_rates=new_state["firing_rates"], opt_state=opt_state)
+    return new, metrics
+
+
+def eval_step(variables: dict, batch: dict, *, model, count_spikes: bool = False):
+    """Sums over the (masked) batch: loss, top-1, top-5 correct, count; with ``count_spikes`` also the
+    ``spike_counts`` collection (for firing rates and SOPs; padded rows must be all-zero inputs' — see
+    ``evaluate``)."""
+    if count_spikes:
+        logits, st = model.apply(variables, batch["image"], train=False, mutable=[SPIKE_COUNTS])
+    else:
+        logits, st = model.apply(variables, batch["image"], train=False), None
+    mask = batch["mask"]
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32).mean(0), batch["label"])
+    correct = topk_correct(logits, batch["label"], (1, 5))
+    sums = {"loss": jnp.sum(loss * mask), "top1": jnp.sum(correct["top1"] * mask),
+            "top5": jnp.sum(correct["top5"] * mask), "count": jnp.sum(mask)}
+    return (sums, st[SPIKE_COUNTS]) if count_spikes else sums
+
+
+def jit_eval_step(model, mesh, count_spikes: bool = False):
+    replicated, data = shardings(mesh)
+    return jax.jit(functools.partial(eval_step, model=model, count_spikes=count_spikes),
+                   in_shardings=(replicated, data), out_shardings=replicated)
+
+
+def jit_steps(model, tx, schedule, config, mesh):
+    """(train_step, eval_step) jitted with explicit shardings; the train state is donated."""
+    replicated, data = shardings(mesh)
+    p_train = jax.jit(functools.partial(train_step, model=model, tx=tx, schedule=schedule, config=config),
+                      in_shardings=(replicated, data), out_shardings=(replicated, replicated),
+                      donate_argnums=0)
+    return p_train, jit_eval_step(model, mesh)
