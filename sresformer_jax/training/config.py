@@ -56,6 +56,9 @@ def validate_config(config) -> None:
         SpikingResformer.from_config(config.model.to_dict())
     except (TypeError, ValueError) as e:
         raise ValueError(f"config.model: {e}") from e
+    if "img_size" in config.dataset and config.dataset.img_size != config.model.img_size:
+        raise ValueError(f"config.dataset.img_size={config.dataset.img_size} but config.model.img_size="
+                         f"{config.model.img_size}: set both to the input resolution")
     n = jax.device_count()
     for key in ("batch_size", "eval_batch_size"):
         if config[key] < 1 or config[key] % n:
