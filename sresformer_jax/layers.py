@@ -6,6 +6,7 @@ BatchNorm, so statistics are taken over T·B·H·W exactly like the official ``s
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import jax
@@ -24,20 +25,100 @@ def trunc_normal_init(std: float = 0.02, bound: float = 2.0):
     return init
 
 
-def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: int = 0,
-           groups: int = 1) -> jax.Array:
-    """2-D cross-correlation, NHWC × HWIO → NHWC, explicit symmetric zero padding (PyTorch's).
+CONV_IMPLS = ("auto", "xla", "slices")
+CONV_IMPL_ENV = "SRESFORMER_CONV_IMPL"
+CONV_IMPL: str | None = None
+"""Process-wide override of ``conv2d``'s ``impl="auto"`` (``"xla"`` or ``"slices"``); ``None`` defers to
+the environment variable ``SRESFORMER_CONV_IMPL``, then to the backend. Read at trace time, so set it
+before a function is jitted (an already compiled function keeps the lowering it was traced with)."""
 
-    ``x``: [..., H, W, Cin] (leading axes folded into the batch); ``kernel``: [kh, kw, Cin/groups, Cout].
+
+def resolve_conv_impl(impl: str = "auto") -> str:
+    """The lowering ``conv2d`` uses: an explicit ``impl`` wins, then ``CONV_IMPL``, then the environment
+    variable ``SRESFORMER_CONV_IMPL``, then the backend: ``"slices"`` on CPU, ``"xla"`` elsewhere."""
+    if impl == "auto":
+        impl = CONV_IMPL or os.environ.get(CONV_IMPL_ENV) or "auto"
+    if impl == "auto":
+        impl = "slices" if jax.default_backend() == "cpu" else "xla"
+    if impl not in CONV_IMPLS[1:]:
+        raise ValueError(f"conv impl must be one of {CONV_IMPLS}, got {impl!r}")
+    return impl
+
+
+def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: int = 0,
+           groups: int = 1, impl: str = "auto") -> jax.Array:
+    """2-D cross-correlation, NHWC × HWIO → NHWC, explicit symmetric zero padding (PyTorch's):
+
+        y[n, a, b, o] = Σ_{i, j < k} Σ_{c < Cin/g} x̃[n, s·a + i, s·b + j, g(o)·Cin/g + c] · K[i, j, c, o],
+        x̃ = x zero-padded by p on both sides of H and W, g(o) = o // (Cout/g), output ⌊(H + 2p − k)/s⌋ + 1.
+
+    ``x``: [..., H, W, Cin] (leading axes folded into the batch); ``kernel``: [k, k, Cin/groups, Cout].
+    ``impl``: ``"xla"`` (``lax.conv_general_dilated``), ``"slices"`` (matmuls, ``_conv_slices``) or
+    ``"auto"`` (see ``resolve_conv_impl``: slices on CPU, where XLA's convolution gradients are slow).
+    Both lowerings give the same values and gradients up to rounding.
     """
     lead, (h, w, c) = x.shape[:-3], x.shape[-3:]
-    y = jax.lax.conv_general_dilated(
-        x.reshape((-1, h, w, c)), kernel.astype(x.dtype),
-        window_strides=(stride, stride),
-        padding=((padding, padding), (padding, padding)),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        feature_group_count=groups)
+    x4, kernel = x.reshape((-1, h, w, c)), kernel.astype(x.dtype)
+    if resolve_conv_impl(impl) == "xla":
+        y = jax.lax.conv_general_dilated(
+            x4, kernel, window_strides=(stride, stride),
+            padding=((padding, padding), (padding, padding)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
+    else:
+        y = _conv_slices(x4, kernel, stride, padding, groups)
     return y.reshape(lead + y.shape[1:])
+
+
+def _conv_slices(x: jax.Array, kernel: jax.Array, stride: int, padding: int, groups: int) -> jax.Array:
+    """Grouped convolution as ``groups`` dense ones, vmapped over a leading group axis, so that every
+    contraction is a batched matmul with the groups as its leading batch dimension:
+
+        y[..., g·O/g + o] = dense(x[..., g·C/g : (g+1)·C/g], K[..., g·O/g : (g+1)·O/g])[..., o]
+    """
+    if groups == 1:
+        return _conv_dense(x, kernel, stride, padding)
+    n, h, w, c = x.shape
+    k, cout = kernel.shape[0], kernel.shape[-1]
+    xg = jnp.moveaxis(x.reshape(n, h, w, groups, c // groups), 3, 0)                # [g, N, H, W, C/g]
+    kg = jnp.moveaxis(kernel.reshape(k, k, c // groups, groups, cout // groups), 3, 0)  # [g, k, k, C/g, O/g]
+    y = jax.vmap(_conv_dense, (0, 0, None, None))(xg, kg, stride, padding)         # [g, N, Ho, Wo, O/g]
+    return jnp.moveaxis(y, 0, 3).reshape(y.shape[1:4] + (cout,))
+
+
+# Below this contraction depth (input channels per tap) one matmul per tap is a poor use of the CPU, so
+# the taps are concatenated into one contraction of depth k²·C instead (im2col; e.g. the 3-channel stem).
+_MIN_TAP_DEPTH = 32
+
+
+def _conv_dense(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
+    """Dense convolution ([N, H, W, C] × [k, k, C, O] → [N, Ho, Wo, O]) as matmuls on the zero-padded x̃:
+
+      1×1:                 y = x̃[:, ::s, ::s] @ K[0, 0]                     (one [N·Ho·Wo, C] × [C, O] matmul)
+      k×k, stride k:       non-overlapping patches: x̃ → [N, Ho, k, Wo, k, C], contracted over (k, k, C)
+      k×k, other strides:  y = Σ_{i,j} x̃[:, i::s, j::s][:, :Ho, :Wo] @ K[i, j]   (k² shifted slices)
+    """
+    k, _, c, cout = kernel.shape
+    n, h, w = x.shape[:3]
+    ho, wo = (h + 2 * padding - k) // stride + 1, (w + 2 * padding - k) // stride + 1
+    if padding:
+        x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    if k == 1:
+        xs = x[:, ::stride, ::stride]                                                # [N, Ho, Wo, C]
+        return (xs.reshape(-1, c) @ kernel.reshape(c, cout)).reshape(n, ho, wo, cout)
+    if k == stride:
+        patches = x[:, :ho * k, :wo * k].reshape(n, ho, k, wo, k, c)                 # [N, Ho, k, Wo, k, C]
+        return jnp.einsum("nakbjc,kjco->nabo", patches, kernel)
+    taps = [jax.lax.slice(x, (0, i, j, 0), (n, i + (ho - 1) * stride + 1, j + (wo - 1) * stride + 1, c),
+                          (1, stride, stride, 1))                                    # k² × [N, Ho, Wo, C]
+            for i in range(k) for j in range(k)]
+    if c < _MIN_TAP_DEPTH:
+        cols = jnp.concatenate(taps, axis=-1)                                        # [N, Ho, Wo, k²·C]
+        return (cols.reshape(-1, k * k * c) @ kernel.reshape(k * k * c, cout)).reshape(n, ho, wo, cout)
+    kernel = kernel.reshape(k * k, c, cout)
+    y = jnp.einsum("nabc,co->nabo", taps[0], kernel[0])
+    for t, kt in zip(taps[1:], kernel[1:]):
+        y = y + jnp.einsum("nabc,co->nabo", t, kt)                                  # [N, Ho, Wo, O]
+    return y
 
 
 def max_pool(x: jax.Array, window: int = 3, stride: int = 2, padding: int = 1) -> jax.Array:

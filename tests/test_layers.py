@@ -1,0 +1,149 @@
+"""conv2d lowerings (layers.py): the matmul ("slices") lowering equals lax.conv_general_dilated in value
+and in both gradients, for every conv shape class of the model, and the lowering is chosen per backend."""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sresformer_jax import layers
+from sresformer_jax.layers import conv2d, resolve_conv_impl
+
+# (x shape [..., H, W, Cin], k, stride, padding, groups, Cout)
+CASES = {
+    "7x7_s2_p3_odd_even": ((2, 11, 10, 3), 7, 2, 3, 1, 8),          # ImageNet stem; ceil(H/2) outputs
+    "3x3_s1_p1_small_c": ((2, 6, 5, 3), 3, 1, 1, 1, 8),             # CIFAR stem (concatenated taps)
+    "3x3_s1_p1_sum": ((1, 5, 6, 40), 3, 1, 1, 1, 16),               # one matmul per tap
+    "3x3_s2_p1_odd": ((2, 7, 5, 4), 3, 2, 1, 1, 6),                 # downsample, odd sizes
+    "3x3_s2_p1_even": ((1, 8, 6, 48), 3, 2, 1, 1, 8),               # downsample, even sizes
+    "1x1": ((2, 5, 6, 7), 1, 1, 0, 1, 9),
+    "1x1_s2_p1": ((1, 5, 6, 4), 1, 2, 1, 1, 3),
+    "patch_p1": ((2, 4, 4, 6), 1, 1, 0, 1, 10),
+    "patch_p2": ((2, 8, 6, 6), 2, 2, 0, 1, 10),
+    "patch_p4": ((2, 8, 8, 6), 4, 4, 0, 1, 12),
+    "patch_p4_floor": ((1, 9, 10, 5), 4, 4, 0, 1, 4),               # PyTorch drops the remainder
+    "grouped_g2": ((2, 6, 7, 8), 3, 1, 1, 2, 4),
+    "grouped_g4": ((2, 5, 6, 16), 3, 1, 1, 4, 16),
+    "grouped_g8": ((1, 6, 6, 16), 3, 1, 1, 8, 24),
+    "grouped_g2_sum": ((1, 5, 5, 64), 3, 1, 1, 2, 64),              # 32 channels per group: per-tap matmuls
+    "grouped_g4_s2": ((1, 7, 8, 8), 3, 2, 1, 4, 8),
+    "grouped_1x1_g2": ((2, 4, 5, 6), 1, 1, 0, 2, 4),
+    "folded_TB": ((3, 2, 6, 5, 8), 3, 1, 1, 2, 8),                  # [T, B, H, W, C]
+    "folded_TB_patch": ((3, 2, 8, 8, 4), 2, 2, 0, 1, 6),
+}
+# float32 on a few cases only (each case compiles two programs, which dominates this file's run time)
+F32_CASES = ("3x3_s1_p1_sum", "3x3_s2_p1_odd", "1x1", "patch_p4", "grouped_g4", "folded_TB")
+
+
+def _normal(shape, dtype, seed=0):
+    # numpy, not jax.random: compiling jax.random.normal for every new shape costs seconds on CPU
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), dtype)
+
+
+def reference(x, kernel, stride, padding, groups):
+    lead, (h, w, c) = x.shape[:-3], x.shape[-3:]
+    y = jax.lax.conv_general_dilated(
+        x.reshape((-1, h, w, c)), kernel, (stride, stride), ((padding, padding), (padding, padding)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups,
+        precision=jax.lax.Precision.HIGHEST)
+    return y.reshape(lead + y.shape[1:])
+
+
+@jax.jit(static_argnums=0)
+def _value_and_grads(fn, x, kernel, cotangent):
+    """(y, ∂⟨y, cotangent⟩/∂x, ∂⟨y, cotangent⟩/∂kernel), one compiled program."""
+    y, vjp = jax.vjp(fn, x, kernel)
+    return (y,) + vjp(cotangent)
+
+
+def _compare(case, dtype, tol):
+    shape, k, s, p, g, cout = CASES[case]
+    x = _normal(shape, dtype)
+    kernel = _normal((k, k, shape[-1] // g, cout), dtype, seed=1)
+    y_ref = reference(x, kernel, s, p, g)
+    h, w = shape[-3:-1]
+    assert y_ref.shape[-3:-1] == ((h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1)
+    ct = _normal(y_ref.shape, dtype, seed=2)
+    want = _value_and_grads(functools.partial(reference, stride=s, padding=p, groups=g), x, kernel, ct)
+    got = _value_and_grads(functools.partial(conv2d, stride=s, padding=p, groups=g, impl="slices"),
+                           x, kernel, ct)
+    for name, a, b in zip(("y", "dx", "dkernel"), got, want):
+        assert a.shape == b.shape and a.dtype == b.dtype, name
+        a, b = np.asarray(a), np.asarray(b)                          # compare on the host: no compiles
+        err = np.max(np.abs(a - b)) / np.max(np.abs(b))
+        assert err <= tol, f"{case} {name}: relative error {err:.2e} > {tol:.0e}"
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_slices_equals_xla_float64(case, x64):
+    _compare(case, jnp.float64, 1e-12)
+
+
+@pytest.mark.parametrize("case", F32_CASES)
+def test_slices_equals_xla_float32(case):
+    _compare(case, jnp.float32, 1e-5)
+
+
+def test_xla_impl_is_lax_conv():
+    shape, k, s, p, g, cout = CASES["grouped_g4_s2"]
+    x, kernel = _normal(shape, jnp.float32), _normal((k, k, shape[-1] // g, cout), jnp.float32, seed=1)
+    np.testing.assert_array_equal(conv2d(x, kernel, s, p, g, impl="xla"), reference(x, kernel, s, p, g))
+
+
+def _hlo(impl):
+    x, kernel = jnp.zeros((2, 6, 6, 8)), jnp.zeros((3, 3, 4, 8))
+    return jax.jit(lambda x, w: conv2d(x, w, 1, 1, 2, impl=impl)).lower(x, kernel).as_text()
+
+
+def test_lowerings_differ_in_hlo():
+    assert "convolution" in _hlo("xla")
+    assert "convolution" not in _hlo("slices") and "dot_general" in _hlo("slices")
+
+
+def test_auto_follows_backend(monkeypatch):
+    monkeypatch.setattr(layers, "CONV_IMPL", None)
+    monkeypatch.delenv(layers.CONV_IMPL_ENV, raising=False)
+    want = "slices" if jax.default_backend() == "cpu" else "xla"
+    assert resolve_conv_impl() == want
+    assert ("convolution" in _hlo("auto")) == (want == "xla")
+
+
+def test_override_precedence(monkeypatch):
+    monkeypatch.setattr(layers, "CONV_IMPL", None)
+    monkeypatch.setenv(layers.CONV_IMPL_ENV, "xla")
+    assert resolve_conv_impl() == "xla"
+    assert "convolution" in _hlo("auto")
+    monkeypatch.setattr(layers, "CONV_IMPL", "slices")                 # module setting beats the env
+    assert resolve_conv_impl() == "slices"
+    assert resolve_conv_impl("xla") == "xla"                           # the argument beats both
+    monkeypatch.setattr(layers, "CONV_IMPL", None)
+    monkeypatch.setenv(layers.CONV_IMPL_ENV, "auto")
+    assert resolve_conv_impl() in ("xla", "slices")
+
+
+def test_unknown_impl_raises(monkeypatch):
+    with pytest.raises(ValueError, match="cudnn"):
+        resolve_conv_impl("cudnn")
+    monkeypatch.setattr(layers, "CONV_IMPL", None)
+    monkeypatch.setenv(layers.CONV_IMPL_ENV, "bogus")
+    with pytest.raises(ValueError, match="bogus"):
+        resolve_conv_impl()
+
+
+def test_convbn_same_under_both_impls(monkeypatch):
+    x = _normal((2, 3, 8, 8, 16), jnp.float32)                        # [T, B, H, W, C]
+    r = _normal((2, 3, 8, 8, 16), jnp.float32, seed=1)
+    m = layers.ConvBN(16, 3, padding=1, groups=4)
+    shapes = jax.eval_shape(lambda: m.init(jax.random.PRNGKey(0), x, train=False))
+    v = jax.tree.map(lambda s: _normal(s.shape, s.dtype, seed=s.size), shapes)   # no RNG compiles
+    out = {}
+    for impl in ("xla", "slices"):
+        monkeypatch.setattr(layers, "CONV_IMPL", impl)                 # read at trace time
+        loss = lambda p: jnp.sum(r * m.apply({**v, "params": p}, x, train=True,  # noqa: E731
+                                             mutable=["batch_stats"])[0])
+        out[impl] = jax.jit(jax.value_and_grad(loss))(v["params"])
+    for a, b in zip(jax.tree.leaves(out["slices"]), jax.tree.leaves(out["xla"])):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(b))))
