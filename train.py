@@ -43,7 +43,11 @@ def main(argv):
     config = FLAGS.config
     workdir = FLAGS.workdir or os.path.join("runs", os.path.splitext(os.path.basename(
         flags.FLAGS["config"].config_filename.split(":")[0]))[0])
-    train_and_evaluate(config, workdir)
+    try:
+        train_and_evaluate(config, workdir)
+    except (ValueError, RuntimeError, FloatingPointError, FileNotFoundError) as e:
+        # Bad config, a busy or unreadable workdir, a non-finite loss: a message, not a traceback.
+        sys.exit(f"train.py: {type(e).__name__}: {e}")
 
 
 if __name__ == "__main__":

@@ -8,8 +8,10 @@ from sresformer_jax.model import config_for
 
 
 def model_config(variant: str, **overrides) -> ml_collections.ConfigDict:
-    """An official variant's constructor arguments (sresformer_jax.model.VARIANTS) with overrides."""
-    return ml_collections.ConfigDict(config_for(variant, **overrides))
+    """An official variant's constructor arguments (sresformer_jax.model.VARIANTS) with overrides; sequences
+    are tuples so that they can be overridden on the command line (--config.model.num_heads='(1,3,6)')."""
+    cfg = config_for(variant, **overrides)
+    return ml_collections.ConfigDict({k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
 
 
 def base_config() -> ml_collections.ConfigDict:

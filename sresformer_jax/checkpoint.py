@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import uuid
 from pathlib import Path
 from typing import Any, Mapping
@@ -229,26 +230,40 @@ class TrainCheckpoints:
         A checkpoint that fails to restore (deleted, truncated or garbage files) is reported and skipped
         for the one before it; if checkpoints exist but none is readable, ``CorruptCheckpointError``."""
         from flax import serialization
-        import sys
         steps = sorted(self._latest.all_steps(), reverse=True)
-        errors = []
+        errors, bad = [], []
         for step in steps:
             try:
                 restored = self._latest.restore(step, args=ocp.args.Composite(
                     state=ocp.args.StandardRestore(serialization.to_state_dict(abstract_state)),
                     meta=ocp.args.JsonRestore()))
                 state = serialization.from_state_dict(abstract_state, restored["state"])
+                self._set_aside(bad)
                 return state, dict(restored["meta"])
             except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many kinds
                 path = self.latest_dir / str(step)
-                errors.append(f"{path}: {type(e).__name__}: {str(e).splitlines()[0][:300]}")
-                print(f"checkpoint {path} is unreadable ({type(e).__name__}); trying an older one",
-                      file=sys.stderr)
+                errors.append(f"{path}: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}")
+                bad.append(step)
+                print(f"checkpoint {path} is unreadable ({type(e).__name__}: "
+                      f"{(str(e).splitlines() or [''])[0][:200]}); trying an older one", file=sys.stderr)
         if steps:
             raise CorruptCheckpointError(
                 "no readable checkpoint in " + str(self.latest_dir) + ":\n  " + "\n  ".join(errors)
                 + "\nRefusing to start from scratch over this workdir: move it away or pick another --workdir.")
         return None
+
+    def _set_aside(self, steps) -> None:
+        """Moves unreadable step directories to WORKDIR/corrupt_checkpoints/ (kept for inspection, never
+        loaded), so that the re-trained steps can be saved again."""
+        if not steps or jax.process_index() != 0:
+            return
+        aside = self.latest_dir.parent / "corrupt_checkpoints"
+        aside.mkdir(exist_ok=True)
+        for step in steps:
+            target = aside / f"{step}-{uuid.uuid4().hex[:6]}"
+            shutil.move(str(self.latest_dir / str(step)), str(target))
+            print(f"moved unreadable checkpoint {self.latest_dir / str(step)} to {target}", file=sys.stderr)
+        self._latest.reload()
 
     def close(self) -> None:
         self._latest.close()

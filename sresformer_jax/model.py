@@ -113,9 +113,9 @@ class SpikingResformer(nn.Module):
                 raise ValueError(f"num_heads {h} does not divide planes {c}")
             if self.group_size < 1 or (4 * c) % self.group_size:
                 raise ValueError(f"group_size {self.group_size} does not divide 4×planes = {4 * c}")
-        self.stage_sizes(self.img_size)
+        self.stage_sizes(self.img_size, what="img_size")
 
-    def stage_sizes(self, img_size: int | tuple[int, int]) -> list[tuple[int, int]]:
+    def stage_sizes(self, img_size: int | tuple[int, int], what: str = "input size") -> list[tuple[int, int]]:
         """Feature-map (H, W) of each stage for an input size; raises if a patch size does not divide it."""
         h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
         if self.prologue == "default":
@@ -127,7 +127,7 @@ class SpikingResformer(nn.Module):
                 h, w = (h + 1) // 2, (w + 1) // 2
             if h < p or w < p or h % p or w % p:
                 raise ValueError(
-                    f"input size {img_size} gives a {h}×{w} feature map in stage {i + 1}, which its patch "
+                    f"{what} {img_size} gives a {h}×{w} feature map in stage {i + 1}, which its patch "
                     f"size {p} does not divide; use an input size such as {self._example_size()}")
             sizes.append((h, w))
         return sizes

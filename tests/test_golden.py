@@ -20,8 +20,8 @@ from sresformer_jax.model import STATE_COLLECTIONS
 from conftest import FLOAT32_STABLE, GOLDEN_FILES, load_golden
 
 
-def run_official_step(g: dict, dtype) -> dict:
-    """Training-mode forward + CE loss on T-averaged logits + gradients, then an eval forward."""
+def run_official_step(g: dict, dtype, with_grad: bool = True) -> dict:
+    """Training-mode forward + CE loss on T-averaged logits (+ gradients), then an eval forward."""
     model, variables = interop.from_official(g["config"], g["init"], dtype=dtype)
     params = variables["params"]
     state = {c: variables[c] for c in STATE_COLLECTIONS}
@@ -33,7 +33,10 @@ def run_official_step(g: dict, dtype) -> dict:
         loss = optax.softmax_cross_entropy_with_integer_labels(logits.mean(0), y).mean()
         return loss, (logits, new_state)
 
-    (loss, (logits, new_state)), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(params)
+    if with_grad:
+        (loss, (logits, new_state)), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(params)
+    else:
+        (loss, (logits, new_state)), grads = jax.jit(loss_fn)(params), params
     eval_logits = jax.jit(functools.partial(model.apply, train=False))({"params": params, **new_state}, x)
     return {"loss": float(loss), "train_logits": np.asarray(logits), "eval_logits": np.asarray(eval_logits),
             "grad": interop.to_official({"params": grads}),
@@ -81,8 +84,11 @@ def test_eval_logits_float64(result64):
 
 @pytest.mark.parametrize("name", FLOAT32_STABLE)
 def test_float32_path_is_the_same_computation(name):
+    """The float32 forward (train and eval mode) is the same computation. (Gradients are compared in float64
+    only: in the jitted forward+backward program XLA may reassociate a sum, and on these files a membrane lies
+    within float32 rounding of the threshold, so one spike can flip — a 1-ulp change of the weights does the same.)"""
     g = load_golden(name)
-    r = run_official_step(g, jnp.float32)
+    r = run_official_step(g, jnp.float32, with_grad=False)
     np.testing.assert_allclose(r["train_logits"], g["train_logits"], rtol=0, atol=1e-4)
     np.testing.assert_allclose(r["eval_logits"], g["eval_logits"], rtol=0, atol=1e-4)
     assert abs(r["loss"] - float(g["loss"])) <= 1e-4

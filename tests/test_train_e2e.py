@@ -118,3 +118,28 @@ def test_config_overrides_and_unknown_keys(tmp_path):
     assert p.returncode != 0 and "no_such_key" in p.stderr
     p = run(["train.py", f"--workdir={tmp_path}", "--config.batch_size=abc"], check=False)
     assert p.returncode != 0 and "batch_size" in p.stderr
+
+
+def test_init_from_transfers_everything_but_the_classifier(straight):
+    """config.init_from = the official transfer(): all tensors but classifier.*, BN stats and firing rates too."""
+    import optax
+    from sresformer_jax.model import SpikingResformer
+    from sresformer_jax.training.state import create_train_state
+    from sresformer_jax.training.trainer import _transfer
+    sys.path.insert(0, str(ROOT / "configs"))
+    import quickstart
+    wd, _ = straight
+    cfg = quickstart.get_config()
+    model = SpikingResformer.from_config(cfg.model.to_dict())
+    fresh = jax.jit(lambda r: create_train_state(model, optax.sgd(0.1), r, (8, 8, 1)))(jax.random.PRNGKey(7))
+    moved = _transfer(fresh, wd)
+    src, _ = final_params(wd)
+    for coll in ("params", "batch_stats", "firing_rates"):
+        flat = {f"['{coll}']" + jax.tree_util.keystr(k): np.asarray(v)
+                for k, v in jax.tree_util.tree_flatten_with_path(getattr(moved, coll))[0]}
+        for k, v in flat.items():
+            if "classifier" in k:
+                np.testing.assert_array_equal(v, np.asarray(fresh.params["classifier"]["kernel"]))
+            else:
+                np.testing.assert_array_equal(v, src[k], err_msg=k)
+    assert float(np.abs(src["['firing_rates']['stage1_dssa1']['firing_rate_x']"]).min()) > 0

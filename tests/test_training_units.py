@@ -135,7 +135,7 @@ def _quickstart():
 @pytest.mark.parametrize("key,value,match", [
     ("batch_size", 0, "batch_size"),
     ("optim.epochs", 0, "optim.epochs"),
-    ("model.num_heads", [1, 3, 4], "num_heads 3 does not divide planes 32"),
+    ("model.num_heads", (1, 3, 4), "num_heads 3 does not divide planes 32"),
     ("model.group_size", 24, "group_size 24"),
     ("model.T", 0, "T must be >= 1"),
     ("model.img_size", 10, "patch size"),

@@ -28,6 +28,45 @@ from .steps import global_batch, jit_steps, make_mesh, shardings
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
+class WorkdirLock:
+    """An exclusive ``flock`` on ``WORKDIR/.train.lock`` held by process 0 for the whole run, so that a second
+    trainer on the same workdir refuses to start. The kernel drops it when the holder dies (even by
+    kill -9), so a crashed run never leaves the workdir locked."""
+
+    def __init__(self, workdir: Path):
+        import fcntl
+        import os
+        import socket
+        self._fd = None
+        if jax.process_index() != 0:
+            return
+        workdir.mkdir(parents=True, exist_ok=True)
+        path = workdir / ".train.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise RuntimeError(f"another trainer ({holder}) is running in {workdir}; wait for it, stop it, or "
+                               "use another --workdir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        self._fd = fd
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+    def release(self) -> None:
+        if self._fd is not None:
+            import os
+            os.close(self._fd)
+            self._fd = None
+
+
 class NonFiniteLossError(FloatingPointError):
     """Training produced a NaN/Inf; the last good checkpoint is kept untouched."""
 
@@ -82,6 +121,11 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
 
     validate_config(config)
     workdir = Path(workdir).absolute()
+    with WorkdirLock(workdir):
+        return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config, workdir: Path) -> dict:
     mesh = make_mesh()
     replicated, data_sharding = shardings(mesh)
     data = get_dataset(config, jax.process_index(), jax.process_count())
@@ -119,32 +163,48 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
             "epoch": step // steps_per_epoch, "index_in_epoch": step % steps_per_epoch},
             "best_top1": best_top1, "model_config": model_cfg, "config": json.loads(config.to_json()), **extra}
 
-    acc, n_acc, t_log, last = None, 0, time.time(), {}
+    pending, pulled, t_log, last = [], [], time.time(), {}
     test = {}
     it = data.train_iterator(start)
     step = start
+
+    def pull():
+        """Moves the metrics of the steps run since the last pull to the host, stopping at the first
+        non-finite value (so that no non-finite state is ever evaluated or saved)."""
+        nonlocal pending
+        values, first = jax.device_get(pending), step - len(pending) + 1
+        pending = []
+        for i, m in enumerate(values):
+            bad = [k for k, v in m.items() if not math.isfinite(float(v))]
+            if bad:
+                raise NonFiniteLossError(
+                    f"step {first + i}: {bad[0]} is {float(m[bad[0]])}; training stopped. The last good "
+                    f"checkpoint ({ckpts.latest_dir}) was not overwritten; lower optim.lr or check the data.")
+        pulled.extend(values)
+
     try:
         while step < total_steps:
             batch = global_batch(next(it), data_sharding)
             state, metrics = p_train(state, batch)
             step += 1
-            acc = metrics if acc is None else jax.tree.map(jnp.add, acc, metrics)
-            n_acc += 1
-            if step % config.log_every_steps == 0 or step == total_steps:
-                mean = {k: float(v) / n_acc for k, v in jax.device_get(acc).items()}
-                if not all(math.isfinite(v) for v in mean.values()):
-                    bad = [k for k, v in mean.items() if not math.isfinite(v)]
-                    raise NonFiniteLossError(
-                        f"non-finite {bad[0]} in steps {step - n_acc + 1}..{step}; stopping. The last good "
-                        f"checkpoint in {ckpts.latest_dir} is kept; lower optim.lr or check the data.")
-                dt = time.time() - t_log
-                mean["img_per_s"] = n_acc * config.batch_size / dt
-                log.write(step, "train", mean)
-                log.progress(n_acc, loss=mean["loss"], acc=mean["top1"], lr=mean["lr"],
-                             img_s=round(mean["img_per_s"], 1))
-                last, acc, n_acc, t_log = mean, None, 0, time.time()
+            pending.append(metrics)
             end_of_epoch = step % steps_per_epoch == 0
-            if (end_of_epoch and (step // steps_per_epoch) % config.eval_every_epochs == 0) or step == total_steps:
+            evaluate_now = (end_of_epoch and (step // steps_per_epoch) % config.eval_every_epochs == 0
+                            ) or step == total_steps
+            save_now = step % config.checkpoint_every_steps == 0 or step == total_steps
+            if step % config.log_every_steps == 0 or evaluate_now or save_now:
+                pull()
+            if step % config.log_every_steps == 0 or step == total_steps:
+                n = len(pulled)
+                mean = {k: sum(float(m[k]) for m in pulled) / n for k in pulled[0]}
+                mean["img_per_s"] = n * config.batch_size / (time.time() - t_log)
+                pulled = []
+                log.write(step, "train", mean)
+                log.progress(n, loss=mean["loss"], acc=mean["top1"], lr=mean["lr"],
+                             img_s=round(mean["img_per_s"], 1))
+                last, t_log = mean, time.time()
+            t_pause = time.time()
+            if evaluate_now:
                 test = evaluate(p_eval, state.variables(), data, data_sharding)
                 log.write(step, "test", test)
                 log.message(f"step {step} (epoch {step / steps_per_epoch:.2f}): held-out top-1 "
@@ -152,9 +212,9 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
                 if test["top1"] > best_top1:
                     best_top1 = test["top1"]
                     ckpts.save_best(step, state, meta(step, test=test))
-                t_log = time.time()
-            if step % config.checkpoint_every_steps == 0 or step == total_steps:
+            if save_now:
                 ckpts.save(step, state, meta(step, test=test))
+            t_log += time.time() - t_pause          # img/s counts training time only
     finally:
         ckpts.close()
         log.close()
