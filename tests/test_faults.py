@@ -126,3 +126,13 @@ def test_bad_config_fails_fast_naming_the_field(tmp_path, override, field):
     assert "Traceback" not in out.stderr or "no_such_field" in override   # (flag parsing's own error)
     assert not (tmp_path / "checkpoints").exists()
     assert time.time() - t0 < 60                               # before any compilation
+
+
+def test_own_formats_hold_no_pickles(straight):
+    """Training checkpoints (orbax: tensorstore + JSON), metrics and reports contain no pickle stream."""
+    wd, _ = straight
+    files = [p for p in wd.rglob("*") if p.is_file()]
+    assert files
+    for f in files:
+        head = f.read_bytes()[:2]
+        assert not (len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5), f"{f} looks like a pickle"

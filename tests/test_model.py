@@ -171,3 +171,19 @@ def test_config_for_and_registry():
     assert SpikingResformer.from_config(cfg).config() == dict(cfg, dvs=False)
     with pytest.raises(ValueError, match="unknown variant"):
         config_for("spikingresformer_xl")
+
+
+def test_bfloat16_compute_with_float32_params():
+    cfg = dict(TINY, planes=[8, 16, 32], num_heads=[1, 2, 4], group_size=8, img_size=32)
+    model = SpikingResformer.from_config(cfg, dtype=jnp.bfloat16)
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3))
+    variables = init_variables(model, jax.random.PRNGKey(1), x)
+    assert jax.tree.leaves(variables["params"])[0].dtype == jnp.float32
+
+    def loss(p):
+        out, _ = model.apply({**variables, "params": p}, x, train=True, mutable=["batch_stats", "firing_rates"])
+        return jnp.mean(out.astype(jnp.float32) ** 2), out
+
+    (value, out), g = jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
+    assert out.dtype == jnp.bfloat16 and bool(jnp.isfinite(value))
+    assert all(v.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(v))) for v in jax.tree.leaves(g))
