@@ -9,7 +9,6 @@ Writes WORKDIR/eval.json (top1, top5, loss, sops_per_image, energy_mj, firing_ra
 dense MACs, A/S power ratio) and WORKDIR/firing_rates.png. The dataset comes from the training config
 stored in the checkpoint, or from --config (needed for a converted official checkpoint).
 """
-import json
 import os
 import sys
 
@@ -33,10 +32,9 @@ def main(argv):
 
     from sresformer_jax import checkpoint
     from sresformer_jax.data import get_dataset
-    from sresformer_jax.model import SpikingResformer
     from sresformer_jax.training.evaluation import evaluate_with_energy, write_report
     from sresformer_jax.training.steps import make_mesh
-    from sresformer_jax.training.trainer import DTYPES
+    from sresformer_jax.training.trainer import build_model
 
     workdir = os.path.abspath(FLAGS.workdir)
     source = FLAGS.checkpoint or workdir
@@ -48,16 +46,16 @@ def main(argv):
     model_cfg, variables = checkpoint.load_variables(step_dir or source)
     config = FLAGS.config
     if config is None:
-        meta_path = step_dir / "meta" / "metadata" if step_dir else None
-        stored = json.loads(meta_path.read_text()).get("config") if meta_path and meta_path.exists() else None
+        stored = checkpoint.load_train_meta(step_dir).get("config") if step_dir else None
         if stored is None:
             sys.exit("eval.py: this checkpoint stores no training config; pass --config=configs/<dataset>.py")
         config = ml_collections.ConfigDict(stored)
-    dtype = DTYPES.get(config.get("precision", "float32"), None)
-    model = SpikingResformer.from_config(model_cfg, dtype=None if dtype is None or dtype.__name__ == "float32"
-                                         else dtype)
-    data = get_dataset(config)
-    report = evaluate_with_energy(model, variables, data, make_mesh())
+    try:
+        model = build_model(model_cfg, config.get("precision", "float32"))
+        data = get_dataset(config)
+        report = evaluate_with_energy(model, variables, data, make_mesh())
+    except (ValueError, FileNotFoundError) as e:   # uncalibrated model, missing data, bad config
+        sys.exit(f"eval.py: {type(e).__name__}: {e}")
     report["checkpoint"] = str(step_dir or source)
     path, png = write_report(report, workdir, title=f"{config.get('model_name', '')} firing rates")
     print(f"checkpoint     {report['checkpoint']}")

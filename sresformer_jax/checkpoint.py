@@ -270,11 +270,21 @@ class TrainCheckpoints:
         self._best.close()
 
 
+def _train_checkpointer() -> ocp.Checkpointer:
+    return ocp.Checkpointer(ocp.CompositeCheckpointHandler(state=ocp.StandardCheckpointHandler(),
+                                                           meta=ocp.JsonCheckpointHandler()))
+
+
+def load_train_meta(step_dir: str | os.PathLike) -> dict:
+    """The JSON metadata of one training checkpoint: step, data position, best top-1, model and training config."""
+    return dict(_train_checkpointer().restore(Path(step_dir).absolute(),
+                                              ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
+
+
 def _restore_train_variables(step_dir: Path) -> tuple[dict, dict]:
     """(meta, variables) from one training checkpoint step directory."""
-    ckptr = ocp.Checkpointer(ocp.CompositeCheckpointHandler(state=ocp.StandardCheckpointHandler(),
-                                                            meta=ocp.JsonCheckpointHandler()))
-    meta = ckptr.restore(step_dir, ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    ckptr = _train_checkpointer()
+    meta = load_train_meta(step_dir)
     tree = ckptr.metadata(step_dir).item_metadata["state"]
     tree = getattr(tree, "tree", tree)
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])

@@ -8,8 +8,11 @@ RNG; the data position is the step).
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import math
+import os
+import socket
 import time
 from pathlib import Path
 
@@ -34,9 +37,6 @@ class WorkdirLock:
     kill -9), so a crashed run never leaves the workdir locked."""
 
     def __init__(self, workdir: Path):
-        import fcntl
-        import os
-        import socket
         self._fd = None
         if jax.process_index() != 0:
             return
@@ -62,7 +62,6 @@ class WorkdirLock:
 
     def release(self) -> None:
         if self._fd is not None:
-            import os
             os.close(self._fd)
             self._fd = None
 
@@ -71,12 +70,12 @@ class NonFiniteLossError(FloatingPointError):
     """Training produced a NaN/Inf; the last good checkpoint is kept untouched."""
 
 
-def build_model(config) -> SpikingResformer:
-    """The model of ``config.model`` computing in ``config.precision`` (parameters stay float32)."""
-    if config.precision not in DTYPES:
-        raise ValueError(f"config.precision must be one of {sorted(DTYPES)}, got {config.precision!r}")
-    dtype = DTYPES[config.precision]
-    return SpikingResformer.from_config(config.model.to_dict(), dtype=None if dtype == jnp.float32 else dtype)
+def build_model(model_config: dict, precision: str = "float32") -> SpikingResformer:
+    """The model of ``model_config`` computing in ``precision`` (parameters stay float32)."""
+    if precision not in DTYPES:
+        raise ValueError(f"config.precision must be one of {sorted(DTYPES)}, got {precision!r}")
+    dtype = DTYPES[precision]
+    return SpikingResformer.from_config(model_config, dtype=None if dtype == jnp.float32 else dtype)
 
 
 def evaluate(p_eval, variables, data, data_sharding) -> dict[str, float]:
@@ -129,7 +128,7 @@ def _train_and_evaluate(config, workdir: Path) -> dict:
     mesh = make_mesh()
     replicated, data_sharding = shardings(mesh)
     data = get_dataset(config, jax.process_index(), jax.process_count())
-    model = build_model(config)
+    model = build_model(config.model.to_dict(), config.precision)
     steps_per_epoch = data.steps_per_epoch
     total_steps = config.optim.epochs * steps_per_epoch if config.total_steps <= 0 else config.total_steps
     tx, schedule = make_optimizer(config.optim, steps_per_epoch)
