@@ -54,14 +54,20 @@ def test_kill_9_then_resume_is_bitwise_identical(straight, tmp_path):
     _assert_same_params(wd, tmp_path)
 
 
-def test_corrupt_latest_checkpoint_falls_back_to_previous(straight, tmp_path):
+@pytest.mark.parametrize("damage", ["garbage", "truncate", "delete"])
+def test_corrupt_latest_checkpoint_falls_back_to_previous(straight, tmp_path, damage):
     wd, _ = straight
     work = tmp_path / "run"
     shutil.copytree(wd, work)
     latest = work / "checkpoints" / "4"
     files = sorted(p for p in (latest / "state").rglob("*") if p.is_file() and p.stat().st_size > 0)
-    for f in files:                 # garbage over every data file of the newest checkpoint
-        f.write_bytes(os.urandom(max(8, f.stat().st_size // 2)))
+    for f in files:                 # damage every data file of the newest checkpoint
+        if damage == "garbage":
+            f.write_bytes(os.urandom(max(8, f.stat().st_size // 2)))
+        elif damage == "truncate":
+            f.write_bytes(f.read_bytes()[: f.stat().st_size // 3])
+        else:
+            f.unlink()
     out = run(["train.py", f"--workdir={work}", "--config.total_steps=4", *TINY])
     assert f"{latest}" in out.stderr and "unreadable" in out.stderr
     assert "resuming at step 2" in out.stderr
