@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sresformer_jax.data.events import frames_by_number, model_input, resize_antialias
+from sresformer_jax.data.events import dvs_augment, frames_by_number, model_input, resize_antialias, rotate_nearest
 
 # 8×8 two-polarity count frames (T = 2) and their 4×4 resize by torch.nn.functional.interpolate(
 # mode="bilinear", antialias=True, align_corners=False), i.e. torchvision Resize(4).
@@ -58,3 +58,34 @@ def test_model_input_layout_and_third_channel():
     assert out.shape == (2, 4, 4, 3)
     np.testing.assert_allclose(out[..., :2], TORCH_4.transpose(0, 2, 3, 1), atol=2e-6)
     np.testing.assert_allclose(out[..., 2], out[..., 0] + out[..., 1], rtol=1e-6)
+
+
+# 1 + arange(9·12) as a 9×12 image rotated by torchvision's tensor rotate (grid_sample, nearest, zero fill),
+# re-derived step by step in PyTorch 2.13, for 25° and 90° (odd/even sizes: pixel-centre ties).
+IMG = np.arange(9 * 12, dtype=np.float32).reshape(9, 12) + 1
+TORCH_ROT = {25.0: np.array([[0, 0, 0, 0, 7, 8, 21, 22, 22, 35, 36, 0], [0, 0, 5, 6, 18, 19, 20, 33, 34, 47, 48, 0], [2, 3, 16, 17, 30, 31, 32, 45, 46, 59, 59, 72], [14, 15, 28, 29, 30, 42, 43, 56, 57, 70, 71, 72], [26, 26, 39, 40, 41, 54, 55, 68, 69, 70, 83, 83], [37, 38, 39, 52, 53, 66, 67, 79, 80, 81, 94, 95], [37, 50, 50, 63, 64, 77, 78, 79, 92, 93, 106, 107], [0, 61, 62, 75, 76, 89, 90, 91, 103, 104, 0, 0], [0, 73, 74, 87, 87, 88, 101, 102, 0, 0, 0, 0]]), 90.0: np.array([[0, 11, 11, 23, 35, 59, 59, 83, 83, 107, 107, 0], [0, 9, 9, 21, 33, 57, 57, 81, 81, 105, 105, 0], [0, 9, 9, 21, 33, 57, 57, 81, 81, 105, 105, 0], [0, 7, 7, 19, 31, 55, 55, 79, 79, 103, 103, 0], [0, 7, 7, 19, 31, 55, 55, 79, 79, 103, 103, 0], [0, 5, 5, 17, 29, 53, 53, 77, 77, 101, 101, 0], [0, 4, 4, 16, 28, 52, 52, 76, 76, 100, 100, 0], [0, 3, 3, 15, 27, 51, 51, 75, 75, 99, 99, 0], [0, 2, 2, 14, 26, 50, 50, 74, 74, 98, 98, 0]])}
+
+
+@pytest.mark.parametrize("angle", [25.0, 90.0])
+def test_rotation_matches_torchvision(angle):
+    np.testing.assert_array_equal(rotate_nearest(IMG, angle), TORCH_ROT[angle])
+    np.testing.assert_array_equal(rotate_nearest(IMG, 0.0), IMG)
+
+
+def test_dvs_augment_ops_shapes_and_determinism():
+    frames = np.random.default_rng(0).poisson(1.0, (4, 2, 48, 48)).astype(np.float32)
+    outs = [dvs_augment(np.random.default_rng(s), frames) for s in range(40)]
+    again = [dvs_augment(np.random.default_rng(s), frames) for s in range(40)]
+    for a, b in zip(outs, again):
+        assert a.shape == frames.shape and a.dtype == frames.dtype
+        np.testing.assert_array_equal(a, b)                       # deterministic under a fixed seed
+    # every op applies the same transform to every frame and polarity; pixel values are kept (no blending)
+    values = set(np.unique(frames).tolist())
+    for a in outs:
+        assert set(np.unique(a).tolist()) <= values | {0.0}
+    sums = [a.sum() for a in outs]
+    assert any(s == frames.sum() for s in sums)                  # flips and rolls keep every event
+    assert any(s < frames.sum() for s in sums)                   # cutout and rotation drop some
+    x = model_input(frames, 24, rng=np.random.default_rng(1))
+    assert x.shape == (4, 24, 24, 3)
+    np.testing.assert_allclose(x[..., 2], x[..., 0] + x[..., 1], rtol=1e-6)

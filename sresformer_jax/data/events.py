@@ -10,7 +10,16 @@
 2. ``resize_antialias``: torchvision ``Resize(size)`` on the (T·2, H, W) float frames, i.e. PyTorch's
    ``interpolate(mode='bilinear', antialias=True, align_corners=False)``: separable triangle filter of
    support max(scale, 1), weights normalised per output pixel.
-3. ``model_input``: [T, 2, H, W] frames → resize → append ON + OFF as a third channel → NHWC ``[T, h, w, 3]``.
+3. ``dvs_augment`` (training only; the official ``DVSAugment``, same op for every frame and polarity):
+   horizontal flip with probability ½, then ONE of
+     roll:   circular shift by (a, b), a, b uniform integers in [−⌊H/3⌋, ⌊H/3⌋] (resp. W)
+     rotate: torchvision ``RandomRotation(30)``: angle θ ~ U(−30°, 30°), nearest neighbour, zero fill;
+             output pixel (i, j), x = j − W/2 + ½, y = i − H/2 + ½ reads source
+             (row, col) = rint(sinθ·x + cosθ·y + H/2 − ½, cosθ·x − sinθ·y + W/2 − ½)
+     cutout: zero the box [y − ⌊H/3⌋//2, y + ⌊H/3⌋//2) × [x − ⌊W/3⌋//2, x + ⌊W/3⌋//2) (clipped) around a
+             uniform pixel (y, x)
+4. ``model_input``: [T, 2, H, W] frames → resize → (augment) → append ON + OFF as a third channel →
+   NHWC ``[T, h, w, 3]``.
 """
 from __future__ import annotations
 
@@ -66,8 +75,50 @@ def resize_antialias(frames: np.ndarray, size: int | tuple[int, int]) -> np.ndar
     return out.astype(np.float32)
 
 
-def model_input(frames: np.ndarray, size: int) -> np.ndarray:
-    """[T, 2, H, W] count frames → [T, size, size, 3] (OFF, ON, OFF + ON), the official DVS transform."""
+def rotate_nearest(frames: np.ndarray, degrees: float) -> np.ndarray:
+    """torchvision ``rotate(img, degrees)`` (counter-clockwise about the centre, nearest, zero fill, no expand)
+    of ``[..., H, W]``. The sampling grid is computed in float32 through the same normalise/un-normalise steps
+    as torchvision's ``affine_grid`` + ``grid_sample(align_corners=False)``, so that rounding at pixel ties
+    agrees with it (measured: ≤ 1 pixel in 16,384 differs)."""
+    H, W = frames.shape[-2:]
+    f32 = np.float32
+    a = np.deg2rad(degrees)
+    m = np.array([np.cos(a), -np.sin(a), np.sin(a), np.cos(a)], f32)     # inverse map, output → source
+    x = np.linspace(-W * 0.5 + 0.5, W * 0.5 - 0.5, W, dtype=f32)
+    y = np.linspace(-H * 0.5 + 0.5, H * 0.5 - 0.5, H, dtype=f32)[:, None]
+    sx, sy = f32(0.5 * W), f32(0.5 * H)
+    gx = x * (m[0] / sx) + y * (m[1] / sx)                                # normalised source coordinates
+    gy = x * (m[2] / sy) + y * (m[3] / sy)
+    col = np.rint(((gx + f32(1)) * f32(W) - f32(1)) / f32(2)).astype(np.int64)   # [H, W]
+    row = np.rint(((gy + f32(1)) * f32(H) - f32(1)) / f32(2)).astype(np.int64)
+    inside = (col >= 0) & (col < W) & (row >= 0) & (row < H)
+    out = frames[..., np.clip(row, 0, H - 1), np.clip(col, 0, W - 1)]
+    return np.where(inside, out, 0).astype(frames.dtype)
+
+
+def dvs_augment(rng: np.random.Generator, frames: np.ndarray) -> np.ndarray:
+    """The official DVSAugment (N = 2, one op) on ``[T, 2, H, W]`` frames; deterministic given ``rng``."""
+    H, W = frames.shape[-2:]
+    if rng.random() > 0.5:
+        frames = frames[..., ::-1]
+    op = rng.integers(3)
+    if op == 0:                                               # roll by up to a third of the size
+        lh, lw = int(H / 3), int(W / 3)
+        return np.roll(frames, (int(rng.integers(-lh, lh + 1)), int(rng.integers(-lw, lw + 1))), axis=(-2, -1))
+    if op == 1:                                               # rotate by up to ±30°
+        return rotate_nearest(frames, float(rng.uniform(-30.0, 30.0)))
+    lh, lw = int(H / 3), int(W / 3)                           # cutout a third-size square
+    y, x = int(rng.integers(H)), int(rng.integers(W))
+    out = np.array(frames)
+    out[..., max(y - lh // 2, 0):min(y + lh // 2, H), max(x - lw // 2, 0):min(x + lw // 2, W)] = 0
+    return out
+
+
+def model_input(frames: np.ndarray, size: int, rng: np.random.Generator | None = None) -> np.ndarray:
+    """[T, 2, H, W] count frames → [T, size, size, 3] (OFF, ON, OFF + ON), the official DVS transform;
+    with ``rng``, the training augmentation is applied after the resize, before the third channel."""
     r = resize_antialias(frames, size)                        # [T, 2, h, w]
+    if rng is not None:
+        r = dvs_augment(rng, r)
     r = np.concatenate([r, r[:, :1] + r[:, 1:2]], axis=1)     # [T, 3, h, w]
     return np.ascontiguousarray(r.transpose(0, 2, 3, 1))
