@@ -8,7 +8,6 @@ no neuron, it is computed once and broadcast over T (exact, BatchNorm's unbiased
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Mapping, Sequence
 
 import jax

@@ -16,25 +16,36 @@ from ..model import SpikingResformer, check_calibrated
 from .steps import eval_step, global_batch, shardings
 
 
+def evaluate(step, variables: dict, batches, mesh, counter: SOPCounter | None = None) -> dict:
+    """Held-out loss, top-1 and top-5 over ``batches`` (masked padding rows excluded), by a jitted
+    ``eval_step``; with a ``counter``, ``step`` also returns the spike counts and they are accumulated."""
+    replicated, data_sharding = shardings(mesh)
+    sums = None
+    for local in batches:
+        if len(local["label"]) % jax.device_count() == 0:
+            batch = global_batch(local, data_sharding)
+        else:                                   # a shorter, unpadded last batch (single process)
+            batch = jax.device_put(local, replicated)
+        out = step(variables, batch)
+        if counter is not None:
+            out, counts = out
+            counter.update(jax.device_get(counts), int(out["count"]))
+        sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+    sums = jax.device_get(sums)
+    n = max(float(sums["count"]), 1.0)
+    return {"loss": float(sums["loss"]) / n, "top1": float(sums["top1"]) / n, "top5": float(sums["top5"]) / n,
+            "count": int(sums["count"])}
+
+
 def evaluate_with_energy(model: SpikingResformer, variables: dict, data, mesh) -> dict:
     """Top-1/top-5/loss over the test set and the SOP/energy report (keys of ``energy.SOPCounter.report``)."""
     check_calibrated(variables)
-    replicated, data_sharding = shardings(mesh)
     step = jax.jit(lambda v, b: eval_step(v, b, model=model, count_spikes=True))
     counter = SOPCounter(model)
-    sums = None
-    for local in data.eval_batches(pad=jax.process_count() > 1):
-        n = len(local["label"])
-        sharding = data_sharding if n % jax.device_count() == 0 else replicated
-        batch = global_batch(local, sharding) if sharding is data_sharding else jax.device_put(local, replicated)
-        out, counts = step(variables, batch)
-        counter.update(jax.device_get(counts), int(out["count"]))
-        sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
-    sums = jax.device_get(sums)
-    n = float(sums["count"])
+    metrics = evaluate(step, variables, data.eval_batches(pad=jax.process_count() > 1), mesh, counter)
     report = counter.report(img_size=tuple(data.input_shape[-3:-1]))
-    return {"top1": float(sums["top1"]) / n, "top5": float(sums["top5"]) / n, "loss": float(sums["loss"]) / n,
-            "num_images": int(n), **report}
+    return {"top1": metrics["top1"], "top5": metrics["top5"], "loss": metrics["loss"],
+            "num_images": metrics["count"], **report}
 
 
 def plot_firing_rates(rates: dict[str, float], out: str | Path, title: str = "") -> Path:

@@ -82,16 +82,12 @@ def eval_step(variables: dict, batch: dict, *, model, count_spikes: bool = False
     return (sums, st[SPIKE_COUNTS]) if count_spikes else sums
 
 
-def jit_eval_step(model, mesh, count_spikes: bool = False):
-    replicated, data = shardings(mesh)
-    return jax.jit(functools.partial(eval_step, model=model, count_spikes=count_spikes),
-                   in_shardings=(replicated, data), out_shardings=replicated)
-
-
 def jit_steps(model, tx, schedule, config, mesh):
     """(train_step, eval_step) jitted with explicit shardings; the train state is donated."""
     replicated, data = shardings(mesh)
     p_train = jax.jit(functools.partial(train_step, model=model, tx=tx, schedule=schedule, config=config),
                       in_shardings=(replicated, data), out_shardings=(replicated, replicated),
                       donate_argnums=0)
-    return p_train, jit_eval_step(model, mesh)
+    p_eval = jax.jit(functools.partial(eval_step, model=model), in_shardings=(replicated, data),
+                     out_shardings=replicated)
+    return p_train, p_eval

@@ -23,6 +23,7 @@ import numpy as np
 from .. import checkpoint
 from ..data import get_dataset
 from ..model import SpikingResformer
+from .evaluation import evaluate
 from .logging import MetricLogger, plot_curves
 from .optim import make_optimizer
 from .state import TrainState, create_train_state
@@ -76,18 +77,6 @@ def build_model(model_config: dict, precision: str = "float32") -> SpikingResfor
         raise ValueError(f"config.precision must be one of {sorted(DTYPES)}, got {precision!r}")
     dtype = DTYPES[precision]
     return SpikingResformer.from_config(model_config, dtype=None if dtype == jnp.float32 else dtype)
-
-
-def evaluate(p_eval, variables, data, data_sharding) -> dict[str, float]:
-    """Held-out loss, top-1 and top-5 over the whole test set (padding masked out)."""
-    sums = None
-    for local in data.eval_batches():
-        out = p_eval(variables, global_batch(local, data_sharding))
-        sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
-    sums = jax.device_get(sums)
-    n = max(float(sums["count"]), 1.0)
-    return {"loss": float(sums["loss"]) / n, "top1": float(sums["top1"]) / n, "top5": float(sums["top5"]) / n,
-            "count": int(sums["count"])}
 
 
 def _transfer(state: TrainState, source: str | Path) -> TrainState:
@@ -204,7 +193,7 @@ def _train_and_evaluate(config, workdir: Path) -> dict:
                 last, t_log = mean, time.time()
             t_pause = time.time()
             if evaluate_now:
-                test = evaluate(p_eval, state.variables(), data, data_sharding)
+                test = evaluate(p_eval, state.variables(), data.eval_batches(), mesh)
                 log.write(step, "test", test)
                 log.message(f"step {step} (epoch {step / steps_per_epoch:.2f}): held-out top-1 "
                             f"{100 * test['top1']:.2f} %, top-5 {100 * test['top5']:.2f} %, loss {test['loss']:.4f}")
