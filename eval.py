@@ -34,7 +34,7 @@ def main(argv):
     from sresformer_jax.data import get_dataset
     from sresformer_jax.training.evaluation import evaluate_with_energy, write_report
     from sresformer_jax.training.steps import make_mesh
-    from sresformer_jax.training.trainer import build_model
+    from sresformer_jax.training.trainer import build_model, check_data_fits
 
     workdir = os.path.abspath(FLAGS.workdir)
     source = FLAGS.checkpoint or workdir
@@ -53,6 +53,7 @@ def main(argv):
     try:
         model = build_model(model_cfg, config.get("precision", "float32"))
         data = get_dataset(config)
+        check_data_fits(data, config)
         report = evaluate_with_energy(model, variables, data, make_mesh())
     except (ValueError, FileNotFoundError) as e:   # uncalibrated model, missing data, bad config
         sys.exit(f"eval.py: {type(e).__name__}: {e}")

@@ -34,7 +34,8 @@ def dvs_config(name: str, transfer: bool) -> ml_collections.ConfigDict:
         c.optim.update(lr=5e-4 if name == "cifar10_dvs" else 1e-4, weight_decay=0.05, epochs=300)
     c.dataset = ml_collections.ConfigDict(dict(
         name=name, data_dir=ml_collections.config_dict.placeholder(str), img_size=img, T=T,
-        split_by="number", augment="dvs"))
+        split_by="number", augment="dvs", workers=-1,
+        split_file=ml_collections.config_dict.placeholder(str)))   # CIFAR10-DVS: None = the official split
     c.eval_batch_size = 16 if T == 16 else 48
     c.loss.label_smoothing = 0.0
     c.mixup.enabled = False

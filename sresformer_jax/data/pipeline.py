@@ -2,80 +2,173 @@
 
 A batch is a function of (seed, global step): epoch e = step // steps_per_epoch uses the permutation
 ``default_rng([seed, e])`` of the training set (drop-last, like the official loaders), so the data
-position of a run is its step and a resumed run sees exactly the batches it would have seen.
-Each process reads only its own contiguous slice of every global batch.
+position of a run is its step — stored in every training checkpoint — and a resumed run sees exactly the
+batches it would have seen. Each process reads only its own contiguous slice of every global batch; the
+random augmentation of an example is seeded by (seed, step, its position in the global batch), so a run
+sees the same augmented batches on any number of hosts and loader threads.
+
+Loading and augmenting runs ahead of training in ``config.dataset.workers`` threads (grain's
+``MapDataset`` → ``to_iter_dataset`` prefetch); batches come out in order.
 """
 from __future__ import annotations
 
+import os
+import threading
 from typing import Iterator
 
 import numpy as np
 
 
-class InMemoryData:
-    """Arrays in host memory: train/test images ``[N, H, W, C]`` (or ``[N, T, H, W, C]``) and labels ``[N]``."""
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset directory is missing or incomplete; the message says how to prepare it."""
 
-    def __init__(self, train_x, train_y, test_x, test_y, *, num_classes: int, global_batch: int,
-                 eval_batch: int, seed: int, process_index: int = 0, process_count: int = 1):
+
+class StepIndexedData:
+    """Rows of a training set of ``num_train`` examples and a test set of ``num_test``, batched by step.
+
+    Subclasses load rows: ``load_train(rows, step, positions)`` (``positions``: each row's place in the global
+    batch, for its augmentation seed) and ``load_eval(rows)``, each returning ``{"image", "label"}``.
+    """
+
+    def __init__(self, num_train: int, num_test: int, *, num_classes: int, global_batch: int, eval_batch: int,
+                 seed: int, process_index: int = 0, process_count: int = 1, workers: int = 0):
         if global_batch % process_count or eval_batch % process_count:
             raise ValueError(f"batch sizes ({global_batch}, eval {eval_batch}) must divide evenly over "
                              f"{process_count} processes")
-        if len(train_x) < global_batch:
-            raise ValueError(f"batch_size {global_batch} exceeds the {len(train_x)} training examples")
-        self.train_x, self.train_y = train_x, train_y.astype(np.int32)
-        self.test_x, self.test_y = test_x, test_y.astype(np.int32)
-        self.num_classes = num_classes
+        if num_train < global_batch:
+            raise ValueError(f"batch_size {global_batch} exceeds the {num_train} training examples")
+        self.num_train, self.num_test, self.num_classes = num_train, num_test, num_classes
         self.global_batch, self.eval_batch, self.seed = global_batch, eval_batch, seed
         self.process_index, self.process_count = process_index, process_count
-        self.steps_per_epoch = len(train_x) // global_batch
+        self.steps_per_epoch = num_train // global_batch
+        self.workers = workers
+        self._perm_cache: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    # -- row selection (shared by every dataset) --
+    def _local(self, rows: np.ndarray, n_global: int) -> np.ndarray:
+        per = n_global // self.process_count
+        return rows[self.process_index * per:(self.process_index + 1) * per]
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        with self._lock:
+            if epoch not in self._perm_cache:
+                self._perm_cache = {epoch: np.random.default_rng([self.seed, epoch]).permutation(self.num_train)}
+            return self._perm_cache[epoch]
+
+    def train_rows(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, positions in the global batch) of this host's part of global batch ``step``."""
+        epoch, i = divmod(step, self.steps_per_epoch)
+        perm = self._permutation(epoch)
+        positions = self._local(np.arange(self.global_batch), self.global_batch)
+        return perm[i * self.global_batch + positions], positions
+
+    def example_rng(self, step: int, position: int) -> np.random.Generator:
+        """The augmentation RNG of the example at ``position`` of global batch ``step``."""
+        return np.random.default_rng([self.seed, 1, step, int(position)])
+
+    def train_batch(self, step: int) -> dict[str, np.ndarray]:
+        """The host-local part of global batch ``step``."""
+        rows, positions = self.train_rows(step)
+        return self.load_train(rows, step, positions)
+
+    def _eval_row_batches(self, pad: bool):
+        n = self.num_test
+        for start in range(0, n, self.eval_batch):
+            if not pad and start + self.eval_batch > n:
+                if self.process_count != 1:
+                    raise ValueError("unpadded evaluation batches need a single process")
+                yield np.arange(start, n), np.ones(n - start, bool)
+                return
+            rows = np.arange(start, start + self.eval_batch)
+            mask = rows < n
+            yield self._local(np.where(mask, rows, 0), self.eval_batch), self._local(mask, self.eval_batch)
+
+    def _eval_batch(self, rows_mask) -> dict[str, np.ndarray]:
+        rows, mask = rows_mask
+        return {**self.load_eval(rows), "mask": mask.astype(np.float32)}
+
+    # -- iteration --
+    def _prefetch(self, items, fn):
+        """``fn`` over ``items`` in order; with workers, through grain in ``workers`` threads, read ahead."""
+        if not self.workers:
+            return map(fn, items)
+        import grain
+
+        ds = grain.MapDataset.source(items).map(fn)
+        opts = grain.ReadOptions(num_threads=self.workers, prefetch_buffer_size=2 * self.workers)
+        return iter(ds.to_iter_dataset(opts))
+
+    def train_iterator(self, start_step: int) -> Iterator[dict[str, np.ndarray]]:
+        return self._prefetch(_Range(start_step), self.train_batch)
+
+    def eval_batches(self, pad: bool = True) -> Iterator[dict[str, np.ndarray]]:
+        """Host-local eval batches over the whole test set; the last is padded (``mask`` marks real rows),
+        or, with ``pad=False`` (single process), just shorter."""
+        return self._prefetch(list(self._eval_row_batches(pad)), self._eval_batch)
+
+    def load_train(self, rows, step, positions):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def load_eval(self, rows):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class _Range:
+    """Steps ``start, start + 1, …`` as a (practically unbounded) random-access sequence."""
+    LENGTH = 1 << 40
+
+    def __init__(self, start: int):
+        self.start = start
+
+    def __getitem__(self, i: int) -> int:
+        return self.start + i
+
+    def __len__(self) -> int:
+        return self.LENGTH
+
+
+class InMemoryData(StepIndexedData):
+    """Arrays in host memory: train/test images ``[N, H, W, C]`` (or ``[N, T, H, W, C]``) and labels ``[N]``."""
+
+    def __init__(self, train_x, train_y, test_x, test_y, **kw):
+        super().__init__(len(train_x), len(test_x), **kw)
+        self.train_x, self.train_y = train_x, train_y.astype(np.int32)
+        self.test_x, self.test_y = test_x, test_y.astype(np.int32)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.train_x.shape[1:])
 
-    def _local(self, rows: np.ndarray, n_global: int) -> np.ndarray:
-        per = n_global // self.process_count
-        return rows[self.process_index * per:(self.process_index + 1) * per]
-
-    def train_batch(self, step: int) -> dict[str, np.ndarray]:
-        """The host-local part of global batch ``step``."""
-        epoch, i = divmod(step, self.steps_per_epoch)
-        perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.train_x))
-        rows = self._local(perm[i * self.global_batch:(i + 1) * self.global_batch], self.global_batch)
+    def load_train(self, rows, step, positions):
         return {"image": self.train_x[rows], "label": self.train_y[rows]}
 
-    def train_iterator(self, start_step: int) -> Iterator[dict[str, np.ndarray]]:
-        step = start_step
-        while True:
-            yield self.train_batch(step)
-            step += 1
-
-    def eval_batches(self, pad: bool = True) -> Iterator[dict[str, np.ndarray]]:
-        """Host-local eval batches over the whole test set; the last is padded (``mask`` marks real rows),
-        or, with ``pad=False`` (single process), just shorter."""
-        n = len(self.test_x)
-        for start in range(0, n, self.eval_batch):
-            if not pad and start + self.eval_batch > n:
-                if self.process_count != 1:
-                    raise ValueError("unpadded evaluation batches need a single process")
-                rows = np.arange(start, n)
-                yield {"image": self.test_x[rows], "label": self.test_y[rows],
-                       "mask": np.ones(len(rows), np.float32)}
-                return
-            rows = np.arange(start, start + self.eval_batch)
-            mask = rows < n
-            rows = np.where(mask, rows, 0)
-            rows, mask = self._local(rows, self.eval_batch), self._local(mask, self.eval_batch)
-            yield {"image": self.test_x[rows], "label": self.test_y[rows], "mask": mask.astype(np.float32)}
+    def load_eval(self, rows):
+        return {"image": self.test_x[rows], "label": self.test_y[rows]}
 
 
-def get_dataset(config, process_index: int = 0, process_count: int = 1) -> InMemoryData:
-    """Builds the dataset named by ``config.dataset.name``."""
+def default_workers(config) -> int:
+    """``config.dataset.workers``, or (if absent or -1) the CPU cores of this host."""
+    w = config.dataset.get("workers", -1)
+    if w is None or w < 0:
+        return os.cpu_count() or 1
+    return int(w)
+
+
+def get_dataset(config, process_index: int = 0, process_count: int = 1) -> StepIndexedData:
+    """Builds the dataset named by ``config.dataset.name``; a missing or incomplete dataset raises
+    ``DatasetNotFoundError`` with the steps to prepare it (before anything is compiled)."""
     name = config.dataset.name
     kw = dict(global_batch=config.batch_size, eval_batch=config.eval_batch_size, seed=config.seed,
               process_index=process_index, process_count=process_count)
     if name == "digits":
         from .digits import load_digits
         return load_digits(config.dataset, **kw)
-    raise ValueError(f"dataset {name!r} has no loader in this version; available: 'digits'. "
-                     "(ImageNet, CIFAR and the DVS datasets are being added; see README, 'Datasets'.)")
+    if name in ("cifar10", "cifar100", "imagenet2012"):
+        from .images import load_images
+        return load_images(config.dataset, workers=default_workers(config), **kw)
+    if name in ("cifar10_dvs", "dvs128_gesture"):
+        from .dvs import load_events
+        return load_events(config.dataset, workers=default_workers(config), **kw)
+    raise ValueError(f"unknown config.dataset.name {name!r}; one of 'digits', 'cifar10', 'cifar100', "
+                     "'imagenet2012', 'cifar10_dvs', 'dvs128_gesture'")

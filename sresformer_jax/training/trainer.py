@@ -79,6 +79,20 @@ def build_model(model_config: dict, precision: str = "float32") -> SpikingResfor
     return SpikingResformer.from_config(model_config, dtype=None if dtype == jnp.float32 else dtype)
 
 
+def check_data_fits(data, config) -> None:
+    """The dataset's classes and example shape agree with the model config (before compiling)."""
+    if data.num_classes != config.model.num_classes:
+        raise ValueError(f"config.model.num_classes={config.model.num_classes} but {config.dataset.name} has "
+                         f"{data.num_classes} classes; pass --config.model.num_classes={data.num_classes}")
+    event = len(data.input_shape) == 4
+    if event != bool(config.model.get("dvs", False)):
+        raise ValueError(f"{config.dataset.name} gives {'event frames [T, H, W, C]' if event else 'images [H, W, C]'}"
+                         f" but config.model.dvs={config.model.get('dvs', False)}; set --config.model.dvs={event}")
+    if event and data.input_shape[0] != config.model.T:
+        raise ValueError(f"config.dataset.T={data.input_shape[0]} frames but config.model.T={config.model.T}; "
+                         "set both to the number of time steps")
+
+
 def _transfer(state: TrainState, source: str | Path) -> TrainState:
     """The official ``transfer()``: every tensor but the classifier (BN statistics and firing rates too)."""
     _, variables = checkpoint.load_variables(source)
@@ -117,6 +131,7 @@ def _train_and_evaluate(config, workdir: Path) -> dict:
     mesh = make_mesh()
     replicated, data_sharding = shardings(mesh)
     data = get_dataset(config, jax.process_index(), jax.process_count())
+    check_data_fits(data, config)
     model = build_model(config.model.to_dict(), config.precision)
     steps_per_epoch = data.steps_per_epoch
     total_steps = config.optim.epochs * steps_per_epoch if config.total_steps <= 0 else config.total_steps
