@@ -178,7 +178,7 @@ def _timed(fn, n: int) -> list[float]:
 
 def bench_ours(model_name: str, img_size: int, T: int, batch: int, num_classes: int = 10, steps: int = 3,
                warmup: int = 1, precision: str = "float32", model_overrides: dict | None = None,
-               peak_flops: float | None = None, log=print) -> dict[str, Any]:
+               peak_flops: float | None = None, log=print, remat: bool = False) -> dict[str, Any]:
     """Times our jitted train and eval steps; returns the measurements as a JSON-able dict."""
     import jax
     import jax.numpy as jnp
@@ -194,7 +194,8 @@ def bench_ours(model_name: str, img_size: int, T: int, batch: int, num_classes: 
     if precision not in dtypes:
         raise ValueError(f"--precision must be one of {sorted(dtypes)}, got {precision!r}")
     overrides = dict(num_classes=num_classes, img_size=img_size, T=T, **(model_overrides or {}))
-    model = create_model(model_name, dtype=None if precision == "float32" else dtypes[precision], **overrides)
+    model = create_model(model_name, dtype=None if precision == "float32" else dtypes[precision], remat=remat,
+                         **overrides)
     config = bench_config(precision)
     tx, schedule = make_optimizer(config.optim, steps_per_epoch=1000)
 
@@ -440,6 +441,7 @@ def main(argv=None) -> dict:
     p.add_argument("--steps", type=int, default=3, help="timed steps (median reported)")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps after compilation")
     p.add_argument("--precision", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--remat", action="store_true", help="jax.checkpoint per DSSA/GWFFN block (config.remat)")
     p.add_argument("--matmul-size", type=int, default=2048, help="n of the n×n fp32 matmul peak reference")
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/bench_<device>.json)")
     p.add_argument("--official-dir", default=None, help="root of a clone of xyshi2000/SpikingResformer")
@@ -458,7 +460,7 @@ def main(argv=None) -> dict:
     result: dict[str, Any] = {
         "machine": dict(info, loadavg_start=loadavg()),
         "settings": {k: getattr(a, k) for k in ("model", "img_size", "T", "batch", "num_classes", "steps",
-                                                "warmup", "precision")} | {"statistic": "median"},
+                                                "warmup", "precision", "remat")} | {"statistic": "median"},
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     print(f"device: {info['platform']} / {info['device_kind']} ({info['cpu_model']}, {info['nproc']} cores), "
           f"jax {info['jax']}, load {result['machine']['loadavg_start']}")
@@ -467,7 +469,7 @@ def main(argv=None) -> dict:
     print(f"matmul peak ({a.matmul_size}² fp32): {peak['flops_per_s'] / 1e9:.1f} GFLOP/s")
     if not a.skip_ours:
         result["ours"] = bench_ours(a.model, a.img_size, a.T, a.batch, a.num_classes, a.steps, a.warmup,
-                                    a.precision, peak_flops=peak["flops_per_s"])
+                                    a.precision, peak_flops=peak["flops_per_s"], remat=a.remat)
     if a.official_dir:
         if a.precision != "float32":
             print("[official] note: the official side always runs float32")

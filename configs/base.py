@@ -23,6 +23,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.batch_size = 128                # global batch (all devices, all hosts)
     c.eval_batch_size = 128
     c.precision = "float32"           # "bfloat16": bf16 compute, float32 master weights
+    c.remat = False                   # True: jax.checkpoint per DSSA/GWFFN block (less memory, ~1 more forward)
     c.optim = ml_collections.ConfigDict(dict(
         lr=1e-3, weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-8, epochs=300, warmup_epochs=3, warmup_lr=1e-5,
         min_lr=1e-5, schedule_per_step=False))   # timm cosine stepped once per epoch (official)

@@ -78,6 +78,7 @@ class SpikingResformer(nn.Module):
     dvs: bool = False                  # input carries its own time axis [B, T, H, W, C]
     dtype: Dtype | None = None         # computation dtype (None: the input's)
     param_dtype: Dtype = jnp.float32
+    remat: bool = False                # recompute each DSSA/GWFFN block's activations in the backward pass
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], **kwargs) -> "SpikingResformer":
@@ -166,13 +167,16 @@ class SpikingResformer(nn.Module):
             x = max_pool(x, 3, 2, 1)
         if not self.dvs:
             x = jnp.broadcast_to(x[None], (self.T,) + x.shape)                # direct encoding
+        dssa, gwffn = DSSA, GWFFN
+        if self.remat:                       # jax.checkpoint per block: activations recomputed, not stored
+            dssa, gwffn = nn.remat(DSSA, static_argnums=(2,)), nn.remat(GWFFN, static_argnums=(2,))
         for i, (n, c, h, p) in enumerate(zip(self.blocks, self.planes, self.num_heads, self.patch_sizes)):
             s = i + 1
             if i:
                 x = Downsample(c, self.activation, name=f"stage{s}_downsample", **kw)(x, train)
             for k in range(1, n + 1):
-                x = DSSA(c, h, p, self.activation, name=f"stage{s}_dssa{k}", **kw)(x, train)
-                x = GWFFN(c, group_size=self.group_size, neuron=self.activation,
+                x = dssa(c, h, p, self.activation, name=f"stage{s}_dssa{k}", **kw)(x, train)
+                x = gwffn(c, group_size=self.group_size, neuron=self.activation,
                           name=f"stage{s}_gwffn{k}", **kw)(x, train)
         x = jnp.mean(x, axis=(2, 3))                                          # [T, B, D3]
         return nn.Dense(self.num_classes, use_bias=False, kernel_init=trunc_normal_init(0.02),
@@ -187,11 +191,11 @@ def config_for(name: str, **overrides) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}
 
 
-def create_model(name: str, dtype: Dtype | None = None, param_dtype: Dtype = jnp.float32,
+def create_model(name: str, dtype: Dtype | None = None, param_dtype: Dtype = jnp.float32, remat: bool = False,
                  **overrides) -> SpikingResformer:
     """A registered variant: ``create_model("spikingresformer_cifar", num_classes=100, img_size=32)``."""
     return SpikingResformer.from_config(config_for(name, **overrides), dtype=dtype,
-                                        param_dtype=param_dtype)
+                                        param_dtype=param_dtype, remat=remat)
 
 
 def dummy_input(model: SpikingResformer, batch: int = 1, dtype=jnp.float32) -> jax.Array:

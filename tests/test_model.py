@@ -187,3 +187,28 @@ def test_bfloat16_compute_with_float32_params():
     (value, out), g = jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
     assert out.dtype == jnp.bfloat16 and bool(jnp.isfinite(value))
     assert all(v.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(v))) for v in jax.tree.leaves(g))
+
+
+def test_remat_blocks_give_the_same_loss_gradients_and_statistics():
+    """``remat=True`` (jax.checkpoint per DSSA/GWFFN block) recomputes activations; results are unchanged."""
+    import optax
+    from sresformer_jax.model import SpikingResformer
+    cfg = dict(blocks=(1, 1, 1), planes=(8, 16, 32), num_heads=(1, 2, 4), patch_sizes=(4, 2, 1), img_size=16,
+               T=2, in_channels=3, num_classes=5, prologue="conv3x3", group_size=8, activation="LIF", dvs=False)
+    x = jax.random.normal(jax.random.PRNGKey(1), (4, 16, 16, 3))
+    y = jnp.arange(4) % 5
+    out = []
+    for remat in (False, True):
+        model = SpikingResformer.from_config(cfg, remat=remat)
+        v = jax.jit(lambda k: model.init(k, x, train=True))(jax.random.PRNGKey(0))
+
+        def loss(p, v=v, model=model):
+            logits, st = model.apply({**v, "params": p}, x, train=True, mutable=["batch_stats", "firing_rates"])
+            return optax.softmax_cross_entropy_with_integer_labels(logits.mean(0), y).mean(), st
+
+        (l, st), g = jax.jit(jax.value_and_grad(loss, has_aux=True))(v["params"])
+        out.append((l, g, st))
+    (l0, g0, s0), (l1, g1, s1) = out
+    np.testing.assert_allclose(l0, l1, rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), (g0, s0), (g1, s1))
+    assert float(optax.global_norm(g0)) > 0

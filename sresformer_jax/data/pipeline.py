@@ -12,6 +12,7 @@ Loading and augmenting runs ahead of training in ``config.dataset.workers`` thre
 """
 from __future__ import annotations
 
+import abc
 import os
 import threading
 from typing import Iterator
@@ -23,7 +24,7 @@ class DatasetNotFoundError(FileNotFoundError):
     """A dataset directory is missing or incomplete; the message says how to prepare it."""
 
 
-class StepIndexedData:
+class StepIndexedData(abc.ABC):
     """Rows of a training set of ``num_train`` examples and a test set of ``num_test``, batched by step.
 
     Subclasses load rows: ``load_train(rows, step, positions)`` (``positions``: each row's place in the global
@@ -107,11 +108,13 @@ class StepIndexedData:
         or, with ``pad=False`` (single process), just shorter."""
         return self._prefetch(list(self._eval_row_batches(pad)), self._eval_batch)
 
-    def load_train(self, rows, step, positions):  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def load_train(self, rows: np.ndarray, step: int, positions: np.ndarray) -> dict[str, np.ndarray]:
+        """Training rows (augmented with ``example_rng(step, position)``) → {"image", "label"}."""
 
-    def load_eval(self, rows):  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def load_eval(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """Test rows → {"image", "label"}."""
 
 
 class _Range:

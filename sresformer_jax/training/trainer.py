@@ -71,12 +71,13 @@ class NonFiniteLossError(FloatingPointError):
     """Training produced a NaN/Inf; the last good checkpoint is kept untouched."""
 
 
-def build_model(model_config: dict, precision: str = "float32") -> SpikingResformer:
-    """The model of ``model_config`` computing in ``precision`` (parameters stay float32)."""
+def build_model(model_config: dict, precision: str = "float32", remat: bool = False) -> SpikingResformer:
+    """The model of ``model_config`` computing in ``precision`` (parameters stay float32); ``remat``
+    recomputes each block's activations in the backward pass (less memory, more compute)."""
     if precision not in DTYPES:
         raise ValueError(f"config.precision must be one of {sorted(DTYPES)}, got {precision!r}")
     dtype = DTYPES[precision]
-    return SpikingResformer.from_config(model_config, dtype=None if dtype == jnp.float32 else dtype)
+    return SpikingResformer.from_config(model_config, dtype=None if dtype == jnp.float32 else dtype, remat=remat)
 
 
 def check_data_fits(data, config) -> None:
@@ -132,7 +133,7 @@ def _train_and_evaluate(config, workdir: Path) -> dict:
     replicated, data_sharding = shardings(mesh)
     data = get_dataset(config, jax.process_index(), jax.process_count())
     check_data_fits(data, config)
-    model = build_model(config.model.to_dict(), config.precision)
+    model = build_model(config.model.to_dict(), config.precision, config.get("remat", False))
     steps_per_epoch = data.steps_per_epoch
     total_steps = config.optim.epochs * steps_per_epoch if config.total_steps <= 0 else config.total_steps
     tx, schedule = make_optimizer(config.optim, steps_per_epoch)
