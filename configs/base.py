@@ -35,6 +35,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_every_epochs = 1           # the official code evaluates (and keeps the best) after every epoch
     c.checkpoint_every_steps = 1000
     c.keep_checkpoints = 2
+    c.data_dir = ml_collections.config_dict.placeholder(str)   # shorthand for dataset.data_dir
     c.init_from = ml_collections.config_dict.placeholder(str)  # checkpoint to fine-tune from (transfer)
     c.transfer = False                # True: init_from is required (the transfer_* recipes)
     c.progress_bar = True

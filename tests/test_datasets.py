@@ -148,16 +148,20 @@ def test_class_folder_loader_order_sharding_and_determinism(tmp_path):
     assert [x["mask"].sum() for x in ev] == [4, 2] and ev[0]["image"].shape == (4, 32, 32, 3)
 
 
-def test_tfds_records_through_mock_data(tmp_path):
+@pytest.mark.parametrize("name,cfg,splits,classes,size", [
+    ("cifar10", "cifar10", ("train", "test"), 10, 32),
+    ("imagenet2012", "imagenet", ("train", "validation"), 1000, 224)])
+def test_tfds_records_through_mock_data(tmp_path, name, cfg, splits, classes, size):
     import tensorflow_datasets as tfds
-    synthetic.fake_tfds_layout(tmp_path, "cifar10")
-    c = config("cifar10", data_dir=str(tmp_path), workers=0)
+    synthetic.fake_tfds_layout(tmp_path, name, splits)
+    c = config(cfg, workers=0)
+    c.data_dir = str(tmp_path)                       # the --config.data_dir shorthand
     c.batch_size, c.eval_batch_size = 4, 4
     with tfds.testing.mock_data(num_examples=10, policy=tfds.testing.MockPolicy.USE_CODE):
         d = get_dataset(c)
         b, ev = d.train_batch(1), list(d.eval_batches())
-    assert (d.num_train, d.num_classes, d.input_shape) == (10, 10, (32, 32, 3))
-    assert b["image"].shape == (4, 32, 32, 3) and b["label"].dtype == np.int32
+    assert (d.num_train, d.num_classes, d.input_shape) == (10, classes, (size, size, 3))
+    assert b["image"].shape == (4, size, size, 3) and b["label"].dtype == np.int32
     assert sum(x["mask"].sum() for x in ev) == 10
 
 

@@ -162,6 +162,14 @@ def get_dataset(config, process_index: int = 0, process_count: int = 1) -> StepI
     """Builds the dataset named by ``config.dataset.name``; a missing or incomplete dataset raises
     ``DatasetNotFoundError`` with the steps to prepare it (before anything is compiled)."""
     name = config.dataset.name
+    if config.get("data_dir"):               # --config.data_dir: shorthand for --config.dataset.data_dir
+        if config.dataset.get("data_dir") and config.dataset.data_dir != config.data_dir:
+            raise ValueError(f"config.data_dir={config.data_dir} and config.dataset.data_dir="
+                             f"{config.dataset.data_dir} disagree; set one of them")
+        import ml_collections
+        dataset = ml_collections.ConfigDict(config.dataset.to_dict())
+        dataset.data_dir = config.data_dir
+        config = ml_collections.ConfigDict({**config.to_dict(), "dataset": dataset.to_dict()})
     kw = dict(global_batch=config.batch_size, eval_batch=config.eval_batch_size, seed=config.seed,
               process_index=process_index, process_count=process_count)
     if name == "digits":

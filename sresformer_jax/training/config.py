@@ -11,6 +11,7 @@ SCHEMA = {
     "precision": (str,), "total_steps": (int,), "log_every_steps": (int,), "eval_every_epochs": (int,),
     "checkpoint_every_steps": (int,), "keep_checkpoints": (int,), "init_from": (str, type(None)),
     "progress_bar": (bool,), "transfer": (bool,), "remat": (bool,),
+    "data_dir": (str, type(None)),
     "optim.lr": (float, int), "optim.weight_decay": (float, int), "optim.b1": (float,), "optim.b2": (float,),
     "optim.eps": (float,), "optim.epochs": (int,), "optim.warmup_epochs": (int,),
     "optim.warmup_lr": (float, int), "optim.min_lr": (float, int), "optim.schedule_per_step": (bool,),
