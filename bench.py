@@ -178,7 +178,8 @@ def _timed(fn, n: int) -> list[float]:
 
 def bench_ours(model_name: str, img_size: int, T: int, batch: int, num_classes: int = 10, steps: int = 3,
                warmup: int = 1, precision: str = "float32", model_overrides: dict | None = None,
-               peak_flops: float | None = None, log=print, remat: bool = False) -> dict[str, Any]:
+               peak_flops: float | None = None, log=print, remat: bool = False,
+               train_only: bool = False) -> dict[str, Any]:
     """Times our jitted train and eval steps; returns the measurements as a JSON-able dict."""
     import jax
     import jax.numpy as jnp
@@ -232,6 +233,8 @@ def bench_ours(model_name: str, img_size: int, T: int, batch: int, num_classes: 
     warm_train = _timed(run_train, warmup)
     train_times = _timed(run_train, steps)
     log(f"[ours] train step median {statistics.median(train_times):.2f}s ({train_times})")
+    if train_only:
+        return {"train_step_s": statistics.median(train_times), "device_memory": _device_memory()}
 
     eval_fn = jax.jit(functools.partial(eval_step, model=model))
     variables = holder["state"].variables()
@@ -293,31 +296,50 @@ try:
                                             T=cfg["T"])
 finally:
     sj_base.check_backend_library = _check
+device = cfg.get("device", "cpu")
+backend = "torch"
+if device == "cuda":
+    try:
+        import cupy  # noqa: F401  (the official GPU runs use SpikingJelly's cupy neurons)
+        backend = "cupy"
+    except Exception:
+        pass
 n_backend = 0
 for m in model.modules():
     if hasattr(m, "backend"):
-        m.backend = "torch"
+        m.backend = backend
         n_backend += 1
+model = model.to(device)
 torch.manual_seed(0)
 B, S = cfg["batch"], cfg["img_size"]
-x = torch.randn(B, 3, S, S)
-y = torch.arange(B) % cfg["num_classes"]
+x = torch.randn(B, 3, S, S, device=device)
+y = torch.arange(B, device=device) % cfg["num_classes"]
+amp = bool(cfg.get("amp")) and device == "cuda"      # the official recipe: fp16 autocast + GradScaler
+scaler = torch.cuda.amp.GradScaler(enabled=amp) if device == "cuda" else None
+sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
 crit = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
 def train():
     model.train()
     opt.zero_grad(set_to_none=True)
-    out = model(x)
-    loss = crit(out.mean(0), y)
-    loss.backward()
-    opt.step()
+    with torch.autocast(device_type=device, dtype=torch.float16, enabled=amp):
+        out = model(x)
+        loss = crit(out.mean(0), y)
+    if scaler is not None and amp:
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+    else:
+        loss.backward()
+        opt.step()
     functional.reset_net(model)
     return float(loss)
 def evaluate():
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast(device_type=device, dtype=torch.float16, enabled=amp):
         out = model(x)
     functional.reset_net(model)
+    sync()
     return out
 def peak_rss():
     # VmHWM: this address space's high-water mark; ru_maxrss would include the parent's (fork+exec)
@@ -338,7 +360,9 @@ rss_before = peak_rss()
 wt = timed(train, cfg["warmup"]); tt = timed(train, cfg["steps"])
 we = timed(evaluate, cfg["warmup"]); te = timed(evaluate, cfg["steps"])
 res = {"torch": torch.__version__, "num_threads": torch.get_num_threads(), "timm": timm_note,
-       "neurons_switched_to_torch_backend": n_backend,
+       "neurons_switched_to_torch_backend": n_backend if backend == "torch" else 0,
+       "device": device, "neuron_backend": backend, "amp": amp,
+       "device_peak_bytes": torch.cuda.max_memory_allocated() if device == "cuda" else None,
        "num_params": sum(p.numel() for p in model.parameters()),
        "train": {"step_s_median": statistics.median(tt), "step_s_all": tt, "warmup_s": wt,
                  "images_per_s": B / statistics.median(tt)},
@@ -353,14 +377,16 @@ print("''' + BENCH_JSON_PREFIX + r'''" + json.dumps(res), flush=True)
 
 def bench_official(official_dir: str, python: str, model_name: str, img_size: int, T: int, batch: int,
                    num_classes: int, steps: int, warmup: int, timeout: float | None = None,
-                   allow_timm_stub: bool = True, log=print) -> dict[str, Any]:
+                   allow_timm_stub: bool = True, log=print, device: str = "cpu", amp: bool = False
+                   ) -> dict[str, Any]:
     """Runs OFFICIAL_SCRIPT with ``python`` and returns its JSON (``{"error": ...}`` on failure)."""
     d = Path(official_dir).expanduser().resolve()
     if not (d / "models" / "spikingresformer.py").is_file():
         raise FileNotFoundError(f"--official-dir {official_dir}: no models/spikingresformer.py there; pass the "
                                 "root of a clone of https://github.com/xyshi2000/SpikingResformer")
     cfg = dict(official_dir=str(d), model=model_name, img_size=img_size, T=T, batch=batch,
-               num_classes=num_classes, steps=steps, warmup=warmup, allow_timm_stub=allow_timm_stub)
+               num_classes=num_classes, steps=steps, warmup=warmup, allow_timm_stub=allow_timm_stub,
+               device=device, amp=amp)
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)          # keep our repository off the official side's path
     log(f"[official] running {python} (cwd {d}) ...")
@@ -386,6 +412,55 @@ def bench_official(official_dir: str, python: str, model_name: str, img_size: in
     return {"error": f"exit {p.returncode}", "stderr_tail": p.stderr[-3000:], "stdout_tail": p.stdout[-1000:]}
 
 
+# ------------------------------------------------------------------------------------------ largest batch
+OOM_MARKERS = ("resource_exhausted", "out of memory", "outofmemory", "oom when allocating",
+               "failed to allocate", "cannot allocate memory")
+
+
+def is_oom(text: str) -> bool:
+    """Whether an error text reports running out of (device or host) memory."""
+    t = text.lower()
+    return any(m in t for m in OOM_MARKERS)
+
+
+def largest_batch(fits, start: int, cap: int, log=print) -> dict[str, Any]:
+    """Doubles the batch from ``start`` while ``fits(batch)`` (True / False on out-of-memory) and ≤ ``cap``.
+    Returns {"largest_fitting": b or None, "first_failing": b or None, "cap": cap}; ``fits`` raising means
+    an error that is not out-of-memory, which is reported, not taken for a limit."""
+    ok, b = None, start
+    while b <= cap:
+        fit = fits(b)
+        log(f"  batch {b}: {'fits' if fit else 'out of memory'}")
+        if not fit:
+            return {"largest_fitting": ok, "first_failing": b, "cap": cap}
+        ok, b = b, 2 * b
+    return {"largest_fitting": ok, "first_failing": None, "cap": cap}
+
+
+def probe_ours(a, batch: int) -> bool:
+    """One training step of ours at ``batch`` in a fresh process (so an OOM leaves nothing behind)."""
+    cmd = [sys.executable, str(ROOT / "bench.py"), "--probe-train-step", "--model", a.model, "--img-size",
+           str(a.img_size), "--T", str(a.T), "--batch", str(batch), "--num-classes", str(a.num_classes),
+           "--precision", a.precision] + (["--remat"] if a.remat else [])
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode == 0:
+        return True
+    if is_oom(p.stdout + p.stderr):
+        return False
+    raise RuntimeError(f"ours at batch {batch} failed without running out of memory:\n{p.stderr[-2000:]}")
+
+
+def probe_official(a, batch: int) -> bool:
+    r = bench_official(a.official_dir, a.official_python, a.model, a.img_size, a.T, batch, a.num_classes, 1, 0,
+                       a.official_timeout, not a.no_timm_stub, log=lambda *_: None, device=a.official_device,
+                       amp=a.official_amp)
+    if "error" not in r:
+        return True
+    if is_oom(r.get("stderr_tail", "") + r.get("stdout_tail", "")):
+        return False
+    raise RuntimeError(f"official at batch {batch} failed without running out of memory: {r}")
+
+
 # ------------------------------------------------------------------------------------------------- report
 def _fmt(v, spec=".2f", unit=""):
     return "—" if v is None else f"{v:{spec}}{unit}"
@@ -409,6 +484,13 @@ def table(result: dict) -> str:
     add("eval step s (median)", g(ours, "eval", "step_s_median"), g(off, "eval", "step_s_median"))
     pr = lambda d: d["peak_rss_bytes"] * gb if d else None  # noqa: E731
     add("peak RSS GiB", pr(ours), pr(off))
+    dm = lambda d: (d.get("device_memory") or {}).get("peak_bytes_in_use") if d else None  # noqa: E731
+    od = off.get("device_peak_bytes") if off else None
+    if dm(ours) or od:
+        add("device peak GiB", dm(ours) * gb if dm(ours) else None, od * gb if od else None)
+    lb = lambda k: (result.get(k) or {}).get("largest_fitting")  # noqa: E731
+    if result.get("ours_largest_batch") or result.get("official_largest_batch"):
+        add("largest train batch", lb("ours_largest_batch"), lb("official_largest_batch"), ".0f")
     ma = g(ours, "train", "memory_analysis", "total_estimate_bytes")
     add("XLA train buffers GiB", ma * gb if ma else None, None, ratio=False)
     add("train compile s", g(ours, "train", "compile_s"), None, ".1f", False)
@@ -451,7 +533,20 @@ def main(argv=None) -> dict:
     p.add_argument("--no-timm-stub", action="store_true",
                    help="fail instead of stubbing timm's register_model when timm cannot be imported")
     p.add_argument("--skip-ours", action="store_true", help="only run the official side")
+    p.add_argument("--official-device", default="cpu", choices=["cpu", "cuda"],
+                   help="where the official side runs (cuda: SpikingJelly's cupy neurons if CuPy imports)")
+    p.add_argument("--official-amp", action="store_true",
+                   help="official side with fp16 autocast + GradScaler, as its recipe trains (cuda only)")
+    p.add_argument("--max-batch", type=int, default=0,
+                   help="also find the largest training batch that fits, doubling from --batch up to this cap "
+                        "(each probe a fresh process)")
+    p.add_argument("--probe-train-step", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    if a.probe_train_step:                     # internal: one step for --max-batch, exit status says if it fit
+        sys.path.insert(0, str(ROOT))
+        bench_ours(a.model, a.img_size, a.T, a.batch, a.num_classes, 1, 0, a.precision, remat=a.remat,
+                   train_only=True, log=lambda *_: None)
+        return {}
 
     if not a.skip_ours:
         sys.path.insert(0, str(ROOT))
@@ -467,23 +562,39 @@ def main(argv=None) -> dict:
     peak = matmul_peak(a.matmul_size)
     result["matmul_peak"] = peak
     print(f"matmul peak ({a.matmul_size}² fp32): {peak['flops_per_s'] / 1e9:.1f} GFLOP/s")
+    # Order: the official side and every batch probe (each its own process) before ours runs in this process,
+    # so that nothing ours allocates here shrinks what they can use on an accelerator.
+    if a.official_dir:
+        if a.precision != "float32":
+            print("[official] note: the official side runs float32" + (" with fp16 autocast" if a.official_amp
+                                                                        else ""))
+        result["official"] = bench_official(a.official_dir, a.official_python, a.model, a.img_size, a.T,
+                                            a.batch, a.num_classes, a.steps, a.warmup, a.official_timeout,
+                                            not a.no_timm_stub, device=a.official_device, amp=a.official_amp)
+        if "error" in result["official"]:
+            print(f"[official] FAILED: {result['official']['error']}\n{result['official'].get('stderr_tail', '')}")
+    if a.max_batch:
+        if a.official_dir:
+            print(f"[official] largest training batch (doubling from {a.batch}, cap {a.max_batch}):")
+            result["official_largest_batch"] = largest_batch(lambda b: probe_official(a, b), a.batch, a.max_batch)
+        if not a.skip_ours:
+            print(f"[ours] largest training batch (doubling from {a.batch}, cap {a.max_batch}):")
+            result["ours_largest_batch"] = largest_batch(lambda b: probe_ours(a, b), a.batch, a.max_batch)
     if not a.skip_ours:
         result["ours"] = bench_ours(a.model, a.img_size, a.T, a.batch, a.num_classes, a.steps, a.warmup,
                                     a.precision, peak_flops=peak["flops_per_s"], remat=a.remat)
-    if a.official_dir:
-        if a.precision != "float32":
-            print("[official] note: the official side always runs float32")
-        result["official"] = bench_official(a.official_dir, a.official_python, a.model, a.img_size, a.T,
-                                            a.batch, a.num_classes, a.steps, a.warmup, a.official_timeout,
-                                            not a.no_timm_stub)
-        if "error" in result["official"]:
-            print(f"[official] FAILED: {result['official']['error']}\n{result['official'].get('stderr_tail', '')}")
     ours, off = result.get("ours"), result.get("official")
+    ratio = {}
     if ours and off and "error" not in off:
-        result["ratio_ours_over_official"] = {
-            "train_images_per_s": ours["train"]["images_per_s"] / off["train"]["images_per_s"],
-            "eval_images_per_s": ours["eval"]["images_per_s"] / off["eval"]["images_per_s"],
-            "peak_rss": ours["peak_rss_bytes"] / off["peak_rss_bytes"]}
+        ratio = {"train_images_per_s": ours["train"]["images_per_s"] / off["train"]["images_per_s"],
+                 "eval_images_per_s": ours["eval"]["images_per_s"] / off["eval"]["images_per_s"],
+                 "peak_rss": ours["peak_rss_bytes"] / off["peak_rss_bytes"]}
+    mine, theirs = ((result.get(k) or {}).get("largest_fitting") for k in ("ours_largest_batch",
+                                                                            "official_largest_batch"))
+    if mine and theirs:
+        ratio["largest_batch"] = mine / theirs
+    if ratio:
+        result["ratio_ours_over_official"] = ratio
     result["machine"]["loadavg_end"] = loadavg()
     print(table(result))
     out = Path(a.out) if a.out else ROOT / "benchmarks" / "results" / f"bench_{device_tag()}.json"

@@ -23,3 +23,16 @@ def test_bench_ours_tiny(tmp_path):
     assert peak["flops_per_s"] > 0
     table = bench.table({"ours": res})
     assert "train images/s" in table and "eval images/s" in table
+
+
+def test_largest_batch_doubles_until_out_of_memory():
+    assert bench.largest_batch(lambda b: b <= 96, 8, 1024, log=lambda *a: None) == {
+        "largest_fitting": 64, "first_failing": 128, "cap": 1024}
+    assert bench.largest_batch(lambda b: True, 8, 40, log=lambda *a: None)["largest_fitting"] == 32
+    assert bench.largest_batch(lambda b: False, 8, 40, log=lambda *a: None)["largest_fitting"] is None
+
+
+def test_oom_texts_are_recognised_and_other_errors_are_not():
+    assert bench.is_oom("jaxlib.xla_extension.XlaRuntimeError: RESOURCE_EXHAUSTED: Out of memory while trying")
+    assert bench.is_oom("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB")
+    assert not bench.is_oom("ValueError: config.model: heads must divide channels")
