@@ -6,6 +6,7 @@ BatchNorm, so statistics are taken over T·B·H·W exactly like the official ``s
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -27,6 +28,7 @@ def trunc_normal_init(std: float = 0.02, bound: float = 2.0):
 
 CONV_IMPLS = ("auto", "xla", "slices")
 CONV_IMPL_ENV = "SRESFORMER_CONV_IMPL"
+CONV_VJP_ENV = "SRESFORMER_CONV_VJP"   # "custom" (default) or "autodiff": the slices lowering's stride-1 backward
 CONV_IMPL: str | None = None
 """Process-wide override of ``conv2d``'s ``impl="auto"`` (``"xla"`` or ``"slices"``); ``None`` defers to
 the environment variable ``SRESFORMER_CONV_IMPL``, then to the backend. Read at trace time, so set it
@@ -74,7 +76,60 @@ def _conv_slices(x: jax.Array, kernel: jax.Array, stride: int, padding: int, gro
     contraction is a batched matmul with the groups as its leading batch dimension:
 
         y[..., g·O/g + o] = dense(x[..., g·C/g : (g+1)·C/g], K[..., g·O/g : (g+1)·O/g])[..., o]
+
+    Stride-1 k×k convolutions (the group-wise 3×3 of GWFFN, the 3×3 stem) have a custom VJP
+    (``_conv_stride1``); ``SRESFORMER_CONV_VJP=autodiff`` turns it off (for benchmarks).
     """
+    if kernel.shape[0] > 1 and stride == 1 and os.environ.get(CONV_VJP_ENV, "custom") == "custom":
+        return _conv_stride1(x, kernel, padding, groups)
+    return _conv_groups(x, kernel, stride, padding, groups)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_stride1(x, kernel, padding, groups):
+    """A stride-1 k×k (grouped) convolution whose backward pass keeps only ``x`` and ``kernel`` (not the k²
+    shifted slices autodiff would store) and computes
+
+        dx = conv(dy, K̃, padding k − 1 − p),   K̃[i, j, o, c] = K[k−1−i, k−1−j, c, o] within each group
+        dK[i, j] = Σ_pixels x̃[shifted by (i, j)]ᵀ · dy                (one matmul per tap and group)
+
+    i.e. the input gradient is itself a forward convolution (accumulated in place, no scatter of k² slice
+    gradients): 1.2× faster training steps on CPU (docs/performance.md)."""
+    return _conv_groups(x, kernel, 1, padding, groups)
+
+
+def _conv_stride1_fwd(x, kernel, padding, groups):
+    return _conv_groups(x, kernel, 1, padding, groups), (x, kernel)
+
+
+def _transposed_kernel(kernel: jax.Array, groups: int) -> jax.Array:
+    """[k, k, C/g, O] → [k, k, O/g, C]: spatially flipped, input/output swapped within each group."""
+    k, _, cg, cout = kernel.shape
+    kt = kernel[::-1, ::-1].reshape(k, k, cg, groups, cout // groups)
+    return jnp.swapaxes(kt, 2, 4).reshape(k, k, cout // groups, groups * cg)
+
+
+def _conv_stride1_bwd(padding, groups, res, dy):
+    x, kernel = res
+    k = kernel.shape[0]
+    dx = _conv_groups(dy, _transposed_kernel(kernel, groups), 1, k - 1 - padding, groups)
+    n, h, w, c = x.shape
+    ho, wo, cout = dy.shape[1], dy.shape[2], dy.shape[3]
+    cg, og = c // groups, cout // groups
+    xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    xg = jnp.moveaxis(xp.reshape(n, h + 2 * padding, w + 2 * padding, groups, cg), 3, 0)   # [g, N, H', W', C/g]
+    dyg = jnp.moveaxis(dy.reshape(n, ho, wo, groups, og), 3, 0).reshape(groups, -1, og)    # [g, P, O/g]
+    taps = [jnp.einsum("gpc,gpo->gco", xg[:, :, i:i + ho, j:j + wo].reshape(groups, -1, cg), dyg)
+            for i in range(k) for j in range(k)]                                           # k² × [g, C/g, O/g]
+    dk = jnp.stack(taps).reshape(k, k, groups, cg, og)
+    dk = jnp.moveaxis(dk, 2, 3).reshape(k, k, cg, cout)
+    return dx, dk
+
+
+_conv_stride1.defvjp(_conv_stride1_fwd, _conv_stride1_bwd)
+
+
+def _conv_groups(x: jax.Array, kernel: jax.Array, stride: int, padding: int, groups: int) -> jax.Array:
     if groups == 1:
         return _conv_dense(x, kernel, stride, padding)
     n, h, w, c = x.shape

@@ -147,3 +147,18 @@ def test_convbn_same_under_both_impls(monkeypatch):
         out[impl] = jax.jit(jax.value_and_grad(loss))(v["params"])
     for a, b in zip(jax.tree.leaves(out["slices"]), jax.tree.leaves(out["xla"])):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(b))))
+
+
+@pytest.mark.parametrize("cin,cout,groups,k,p,h", [(256, 256, 4, 3, 1, 8), (16, 32, 1, 3, 1, 7),
+                                                   (64, 64, 2, 5, 2, 9), (3, 8, 1, 7, 3, 12)])
+def test_stride1_conv_custom_vjp_matches_xla_gradients(x64, cin, cout, groups, k, p, h):
+    """The slices lowering's custom backward (dx as a forward conv with the flipped kernel, dK per tap)
+    equals XLA's convolution gradients in float64."""
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, h, h, cin), jnp.float64)
+    kernel = jax.random.normal(jax.random.PRNGKey(1), (k, k, cin // groups, cout), jnp.float64)
+    dy = jax.random.normal(jax.random.PRNGKey(2), (2, h, h, cout), jnp.float64)
+    ref = jax.vjp(lambda x, w: layers.conv2d(x, w, 1, p, groups, impl="xla"), x, kernel)
+    got = jax.vjp(lambda x, w: layers.conv2d(x, w, 1, p, groups, impl="slices"), x, kernel)
+    np.testing.assert_allclose(got[0], ref[0], atol=1e-11)
+    for a, b in zip(got[1](dy), ref[1](dy)):
+        np.testing.assert_allclose(a, b, atol=1e-10)
