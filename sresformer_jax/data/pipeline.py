@@ -53,8 +53,10 @@ class StepIndexedData(abc.ABC):
 
     def _permutation(self, epoch: int) -> np.ndarray:
         with self._lock:
-            if epoch not in self._perm_cache:
-                self._perm_cache = {epoch: np.random.default_rng([self.seed, epoch]).permutation(self.num_train)}
+            if epoch not in self._perm_cache:      # keep two epochs: read-ahead threads straddle a boundary
+                keep = {e: p for e, p in self._perm_cache.items() if e == epoch - 1}
+                keep[epoch] = np.random.default_rng([self.seed, epoch]).permutation(self.num_train)
+                self._perm_cache = keep
             return self._perm_cache[epoch]
 
     def train_rows(self, step: int) -> tuple[np.ndarray, np.ndarray]:
