@@ -214,19 +214,54 @@ class BatchNorm(nn.Module):
         xs = x.astype(stat_dtype)
         axes = tuple(range(x.ndim - 1))
         if train:
-            mean = jnp.mean(xs, axes)
-            var = jnp.mean(jnp.square(xs - mean), axes)
+            y, mean, var = batch_norm_train(xs, scale.astype(stat_dtype), bias.astype(stat_dtype), self.epsilon)
             if not self.is_initializing():
                 n = repeat * (x.size // c)
                 m = self.momentum
                 ra_mean.value = ((1 - m) * ra_mean.value + m * mean).astype(self.param_dtype)
                 ra_var.value = ((1 - m) * ra_var.value + m * var * (n / max(n - 1, 1))).astype(
                     self.param_dtype)
-        else:
-            mean, var = ra_mean.value.astype(stat_dtype), ra_var.value.astype(stat_dtype)
+            return y.astype(self.dtype or x.dtype)
+        mean, var = ra_mean.value.astype(stat_dtype), ra_var.value.astype(stat_dtype)
         y = (xs - mean) * jax.lax.rsqrt(var + self.epsilon) * scale.astype(stat_dtype) + bias.astype(
             stat_dtype)
         return y.astype(self.dtype or x.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float):
+    """Training-mode BatchNorm over every axis but the last → (y, μ_B, σ²_B), σ² biased. Its backward keeps
+    only x − μ and r = 1/√(σ² + ε) (autodiff would keep several full-size intermediates):
+
+        x̂ = (x − μ)·r,   g = dy·γ,   dx = r·(g − ⟨g⟩ − x̂·⟨g·x̂⟩) + dμ/N + dσ²·2(x − μ)/N
+        dγ = Σ dy·x̂,     dβ = Σ dy                        (⟨·⟩, Σ: mean / sum over the N reduced elements)
+    """
+    return _bn_fwd(x, scale, bias, eps)[0]
+
+
+def _bn_fwd(x, scale, bias, eps):
+    axes = tuple(range(x.ndim - 1))
+    mean = jnp.mean(x, axes)
+    centred = x - mean
+    var = jnp.mean(jnp.square(centred), axes)
+    r = jax.lax.rsqrt(var + eps)
+    return (centred * r * scale + bias, mean, var), (centred, r, scale)
+
+
+def _bn_bwd(eps, res, cot):
+    centred, r, scale = res
+    dy, dmean, dvar = cot
+    axes = tuple(range(centred.ndim - 1))
+    n = centred.size // centred.shape[-1]
+    xhat = centred * r
+    dbias = jnp.sum(dy, axes)
+    dscale = jnp.sum(dy * xhat, axes)
+    g_mean, gx_mean = dbias * scale / n, dscale * scale / n
+    dx = r * (dy * scale - g_mean - xhat * gx_mean) + dmean / n + centred * (2 * dvar / n)
+    return dx, dscale, dbias
+
+
+batch_norm_train.defvjp(_bn_fwd, _bn_bwd)
 
 
 class ConvBN(nn.Module):
