@@ -175,8 +175,12 @@ def dvs128_samples(data_dir: str) -> dict[str, list]:
 
 
 # ----------------------------------------------------------------------------------------------- caching
+READERS = {"cifar10_dvs": read_cifar10_dvs, "dvs128_gesture": read_aedat3}
+
+
 def _integrate(name: str, path: str, window, T: int) -> np.ndarray:
-    ev = read_cifar10_dvs(path) if window is None else read_aedat3(path)
+    """Dataset ``name``'s raw file → events (those with start ≤ t < end if a ``window`` is given) → frames."""
+    ev = READERS[name](path)
     if window is not None:
         keep = (ev["t"] >= window[0]) & (ev["t"] < window[1])
         ev = {k: v[keep] for k, v in ev.items()}
@@ -206,15 +210,15 @@ def build_frame_cache(name: str, data_dir: str, T: int, samples: dict[str, list]
                 out = cache / part / f"{n}.npz"          # part/<class folder>/<sample>.npz
                 if not out.is_file():
                     out.parent.mkdir(parents=True, exist_ok=True)
-                    todo.append((out, n, p, w))
+                    todo.append((out, p, w))
         if not todo and manifest.is_file():
             return cache
         manifest.unlink(missing_ok=True)
         log(f"{name}: integrating {len(todo)} samples into {T} frames each → {cache} (once)")
 
         def one(job):
-            out, n, p, w = job
-            _write_npz(out, _integrate(n, p, w, T))
+            out, p, w = job
+            _write_npz(out, _integrate(name, p, w, T))
 
         with ThreadPoolExecutor(max(workers, 1)) as pool:
             for i, _ in enumerate(pool.map(one, todo)):
