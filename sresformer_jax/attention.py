@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from .layers import ConvBN, Dtype
+from .layers import ConvBN, Dtype, dot
 from .neurons import Neuron
 
 FIRING_RATES = "firing_rates"
@@ -83,9 +83,11 @@ class DSSA(nn.Module):
         y = ConvBN(2 * C, p, stride=p, dtype=self.dtype, param_dtype=self.param_dtype,
                    name="kv")(s, train)                                       # [T, B, H/p, W/p, 2C]
         n_kv = y.shape[2] * y.shape[3]                                        # N'
-        y = y.reshape(T, B, n_kv, h, 2 * d)
-        y1, y2 = y[..., :d], y[..., d:]                                       # [T, B, N', h, d] each
-        q = s.reshape(T, B, H * W, h, d)                                      # [T, B, HW, h, d]
+        y = jnp.moveaxis(y.reshape(T, B, n_kv, h, 2 * d), 3, 2)                 # [T, B, h, N', 2d]
+        y1, y2 = y[..., :d], y[..., d:]                                       # [T, B, h, N', d] each
+        q = jnp.moveaxis(s.reshape(T, B, H * W, h, d), 3, 2)                   # [T, B, h, HW, d]
+        # (heads-major batch dims: every product below is a canonical batched matmul, the form XLA:CPU's
+        #  bf16 × bf16 → f32 path accepts, see layers.dot)
 
         r_x = self.variable(FIRING_RATES, "firing_rate_x", jnp.zeros, (h,), self.param_dtype)
         r_attn = self.variable(FIRING_RATES, "firing_rate_attn", jnp.zeros, (h,), self.param_dtype)
@@ -94,19 +96,19 @@ class DSSA(nn.Module):
             check_firing_rates(r_attn.value, f"{self.name}/firing_rate_attn")
 
         stat = jnp.promote_types(y.dtype, jnp.float32)
-        rate_x = _firing_rate(r_x, jnp.mean(jax.lax.stop_gradient(q).astype(stat), (0, 1, 2, 4)),
+        rate_x = _firing_rate(r_x, jnp.mean(jax.lax.stop_gradient(q).astype(stat), (0, 1, 3, 4)),
                               train, self.momentum, init)                     # [h]
-        c1 = (1.0 / jnp.sqrt(rate_x * d)).astype(y.dtype)
-        attn = jnp.einsum("tbnhd,tbmhd->tbhnm", y1, q)                        # [T, B, h, N', HW]
-        attn = attn * c1[:, None, None]
+        c1 = 1.0 / jnp.sqrt(rate_x * d)
+        attn = dot("tbhnd,tbhmd->tbhnm", y1, q)                               # [T, B, h, N', HW]
+        attn = (attn * c1[:, None, None]).astype(y.dtype)
         a = neuron("lif_attn", count_map=False)(attn)                                          # spiking attention map
 
         rate_a = _firing_rate(r_attn, jnp.mean(jax.lax.stop_gradient(a).astype(stat), (0, 1, 3, 4)),
                               train, self.momentum, init)                     # [h]
-        c2 = (1.0 / jnp.sqrt(rate_a * n_kv)).astype(y.dtype)
-        out = jnp.einsum("tbnhd,tbhnm->tbmhd", y2, a)                         # [T, B, HW, h, d]
-        out = out * c2[:, None]
-        out = out.reshape(T, B, H, W, C)                                      # head-major channels
+        c2 = 1.0 / jnp.sqrt(rate_a * n_kv)
+        out = dot("tbhnm,tbhnd->tbhmd", a, y2)                                # [T, B, h, HW, d]
+        out = (out * c2[:, None, None]).astype(y.dtype)
+        out = jnp.moveaxis(out, 2, 3).reshape(T, B, H, W, C)                  # head-major channels
 
         o = neuron("lif_out")(out)
         o = ConvBN(C, 1, dtype=self.dtype, param_dtype=self.param_dtype, name="proj")(o, train)

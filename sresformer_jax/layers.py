@@ -26,6 +26,44 @@ def trunc_normal_init(std: float = 0.02, bound: float = 2.0):
     return init
 
 
+LOW_PRECISION = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+
+
+def dot(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
+    """The model's one matmul: ``einsum(spec, a, b)`` of two operands (no index summed within one operand).
+
+    float32/float64 operands: a plain einsum. Low-precision operands (bf16/f16, the ``bfloat16`` policy):
+    products accumulated in float32 and the result returned in **float32** — the path with bf16 units (AMX on
+    x86, tensor cores, the MXU); on this project's CPU a bf16×bf16→f32 matmul runs 3.7× an f32 one, while
+    bf16→bf16 output is slower than f32 (docs/performance.md). Its VJP casts the cotangent to the operands'
+    dtype so that both backward matmuls take the same path (as mixed-precision training does everywhere).
+    """
+    if a.dtype == b.dtype and a.dtype in LOW_PRECISION:
+        return _mixed_dot(spec, a, b)
+    return jnp.einsum(spec, a, b)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _mixed_dot(spec, a, b):
+    return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
+
+
+def _mixed_dot_fwd(spec, a, b):
+    return _mixed_dot(spec, a, b), (a, b)
+
+
+def _mixed_dot_bwd(spec, res, g):
+    a, b = res
+    (sa, sb), out = spec.replace(" ", "").split("->")[0].split(","), spec.replace(" ", "").split("->")[1]
+    g = g.astype(a.dtype)
+    da = jnp.einsum(f"{out},{sb}->{sa}", g, b, preferred_element_type=jnp.float32)     # dL/da = g·bᵀ
+    db = jnp.einsum(f"{sa},{out}->{sb}", a, g, preferred_element_type=jnp.float32)     # dL/db = aᵀ·g
+    return da.astype(a.dtype), db.astype(b.dtype)
+
+
+_mixed_dot.defvjp(_mixed_dot_fwd, _mixed_dot_bwd)
+
+
 CONV_IMPLS = ("auto", "xla", "slices")
 CONV_IMPL_ENV = "SRESFORMER_CONV_IMPL"
 CONV_VJP_ENV = "SRESFORMER_CONV_VJP"   # "custom" (default) or "autodiff": the slices lowering's stride-1 backward
@@ -57,7 +95,8 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: int = 0,
     ``x``: [..., H, W, Cin] (leading axes folded into the batch); ``kernel``: [k, k, Cin/groups, Cout].
     ``impl``: ``"xla"`` (``lax.conv_general_dilated``), ``"slices"`` (matmuls, ``_conv_slices``) or
     ``"auto"`` (see ``resolve_conv_impl``: slices on CPU, where XLA's convolution gradients are slow).
-    Both lowerings give the same values and gradients up to rounding.
+    Both lowerings give the same values and gradients up to rounding. Low-precision (bf16/f16) operands are
+    accumulated in float32 and give a float32 result (see ``dot``).
     """
     lead, (h, w, c) = x.shape[:-3], x.shape[-3:]
     x4, kernel = x.reshape((-1, h, w, c)), kernel.astype(x.dtype)
@@ -65,7 +104,8 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: int = 0,
         y = jax.lax.conv_general_dilated(
             x4, kernel, window_strides=(stride, stride),
             padding=((padding, padding), (padding, padding)),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
+            dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups,
+            preferred_element_type=jnp.float32 if x4.dtype in LOW_PRECISION else None)
     else:
         y = _conv_slices(x4, kernel, stride, padding, groups)
     return y.reshape(lead + y.shape[1:])
@@ -112,18 +152,19 @@ def _transposed_kernel(kernel: jax.Array, groups: int) -> jax.Array:
 def _conv_stride1_bwd(padding, groups, res, dy):
     x, kernel = res
     k = kernel.shape[0]
-    dx = _conv_groups(dy, _transposed_kernel(kernel, groups), 1, k - 1 - padding, groups)
+    dy = dy.astype(x.dtype)                      # low precision: the backward matmuls take the bf16 path too
+    dx = _conv_groups(dy, _transposed_kernel(kernel, groups), 1, k - 1 - padding, groups).astype(x.dtype)
     n, h, w, c = x.shape
     ho, wo, cout = dy.shape[1], dy.shape[2], dy.shape[3]
     cg, og = c // groups, cout // groups
     xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
     xg = jnp.moveaxis(xp.reshape(n, h + 2 * padding, w + 2 * padding, groups, cg), 3, 0)   # [g, N, H', W', C/g]
     dyg = jnp.moveaxis(dy.reshape(n, ho, wo, groups, og), 3, 0).reshape(groups, -1, og)    # [g, P, O/g]
-    taps = [jnp.einsum("gpc,gpo->gco", xg[:, :, i:i + ho, j:j + wo].reshape(groups, -1, cg), dyg)
+    taps = [dot("gpc,gpo->gco", xg[:, :, i:i + ho, j:j + wo].reshape(groups, -1, cg), dyg)
             for i in range(k) for j in range(k)]                                           # k² × [g, C/g, O/g]
     dk = jnp.stack(taps).reshape(k, k, groups, cg, og)
     dk = jnp.moveaxis(dk, 2, 3).reshape(k, k, cg, cout)
-    return dx, dk
+    return dx, dk.astype(kernel.dtype)
 
 
 _conv_stride1.defvjp(_conv_stride1_fwd, _conv_stride1_bwd)
@@ -159,20 +200,21 @@ def _conv_dense(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> j
         x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
     if k == 1:
         xs = x[:, ::stride, ::stride]                                                # [N, Ho, Wo, C]
-        return (xs.reshape(-1, c) @ kernel.reshape(c, cout)).reshape(n, ho, wo, cout)
+        return dot("pc,co->po", xs.reshape(-1, c), kernel.reshape(c, cout)).reshape(n, ho, wo, cout)
     if k == stride:
         patches = x[:, :ho * k, :wo * k].reshape(n, ho, k, wo, k, c)                 # [N, Ho, k, Wo, k, C]
-        return jnp.einsum("nakbjc,kjco->nabo", patches, kernel)
+        return dot("nakbjc,kjco->nabo", patches, kernel)
     taps = [jax.lax.slice(x, (0, i, j, 0), (n, i + (ho - 1) * stride + 1, j + (wo - 1) * stride + 1, c),
                           (1, stride, stride, 1))                                    # k² × [N, Ho, Wo, C]
             for i in range(k) for j in range(k)]
     if c < _MIN_TAP_DEPTH:
         cols = jnp.concatenate(taps, axis=-1)                                        # [N, Ho, Wo, k²·C]
-        return (cols.reshape(-1, k * k * c) @ kernel.reshape(k * k * c, cout)).reshape(n, ho, wo, cout)
+        return dot("pk,ko->po", cols.reshape(-1, k * k * c), kernel.reshape(k * k * c, cout)).reshape(
+            n, ho, wo, cout)
     kernel = kernel.reshape(k * k, c, cout)
-    y = jnp.einsum("nabc,co->nabo", taps[0], kernel[0])
+    y = dot("nabc,co->nabo", taps[0], kernel[0])
     for t, kt in zip(taps[1:], kernel[1:]):
-        y = y + jnp.einsum("nabc,co->nabo", t, kt)                                  # [N, Ho, Wo, O]
+        y = y + dot("nabc,co->nabo", t, kt)                                         # [N, Ho, Wo, O]
     return y
 
 

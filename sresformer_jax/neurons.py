@@ -60,31 +60,75 @@ def _spike_bwd(surrogate, alpha, x, g):
 spike.defvjp(_spike_fwd, _spike_bwd)
 
 
-def _multistep(x_seq, charge, v_threshold, surrogate, alpha, unroll):
-    """Scans charge → fire → hard reset over the leading time axis of ``x_seq``."""
+def _charge(v, x, k, tau):
+    """H = V + (X − V)/τ (LIF, ``tau`` given) or V + (X − V)·k (PLIF, k = sigmoid(w))."""
+    return v + (x - v) / tau if tau is not None else v + (x - v) * k
 
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
+def _multistep(x_seq, k, tau, v_threshold, surrogate, alpha, unroll):
+    """Scans charge → fire → hard reset over the leading time axis of ``x_seq`` → spikes [T, ...].
+
+    Custom VJP: the forward keeps only the membrane potentials H[t] (and X for PLIF), from which the backward
+    recomputes S[t] = Θ(H[t] − V_th) and V[t−1] = H[t−1]·(1 − S[t−1]), and runs the adjoint scan in reverse:
+
+        dH[t] = dS[t]·Θ'(H[t] − V_th) + dV[t]·(1 − S[t])            (reset detached; dV[T−1] = 0)
+        dX[t] = k·dH[t],   dV[t−1] = (1 − k)·dH[t],   dk = Σ_t dH[t]·(X[t] − V[t−1])     (k = 1/τ or sigmoid(w))
+
+    (equal to autodiff through the scan; it stores one [T, ...] array instead of autodiff's several).
+    """
+    return _multistep_fwd(x_seq, k, tau, v_threshold, surrogate, alpha, unroll)[0]
+
+
+def _multistep_fwd(x_seq, k, tau, v_threshold, surrogate, alpha, unroll):
     def step(v, x):
-        h = charge(v, x)
+        h = _charge(v, x, k, tau)
         s = spike(h - v_threshold, surrogate, alpha)
-        v = (1.0 - jax.lax.stop_gradient(s)) * h
-        return v, s
+        return (1.0 - s) * h, (s, h)
 
-    v0 = jnp.zeros_like(x_seq[0])
-    _, s_seq = jax.lax.scan(step, v0, x_seq, unroll=unroll)
-    return s_seq
+    _, (s_seq, h_seq) = jax.lax.scan(step, jnp.zeros_like(x_seq[0]), x_seq, unroll=unroll)
+    return s_seq, (h_seq, x_seq if tau is None else None, k)
+
+
+def _multistep_bwd(tau, v_threshold, surrogate, alpha, unroll, res, ds_seq):
+    h_seq, x_seq, k = res
+    kk = jnp.asarray(1.0 / tau if tau is not None else k, h_seq.dtype)
+    not_fired = lambda h: 1 - spike(h - v_threshold, surrogate, alpha)                 # noqa: E731  1 − S
+    v_prev = jnp.concatenate([jnp.zeros_like(h_seq[:1]), h_seq[:-1] * not_fired(h_seq[:-1])])   # V[t−1]
+
+    def step(dv, inp):
+        h, ds, vp, x = inp
+        dh = ds * surrogate_grad(h - v_threshold, surrogate, alpha) + dv * not_fired(h)
+        dk = None if x is None else jnp.sum(dh * (x - vp), dtype=jnp.promote_types(h.dtype, jnp.float32))
+        return (1 - kk) * dh, (kk * dh, dk)
+
+    _, (dx_seq, dk_seq) = jax.lax.scan(step, jnp.zeros_like(h_seq[0]), (h_seq, ds_seq, v_prev, x_seq),
+                                       reverse=True, unroll=unroll)
+    dk = jnp.zeros_like(k) if x_seq is None else jnp.sum(dk_seq).astype(k.dtype)
+    return dx_seq, dk
+
+
+_multistep.defvjp(_multistep_fwd, _multistep_bwd)
 
 
 def lif(x_seq: jax.Array, tau: float = 2.0, v_threshold: float = 1.0, surrogate: str = "atan",
         alpha: float | None = None, unroll: int | bool = 1) -> jax.Array:
     """Multi-step LIF: ``x_seq`` [T, ...] real input → spikes [T, ...]. H = V + (X − V)/τ."""
-    return _multistep(x_seq, lambda v, x: v + (x - v) / tau, v_threshold, surrogate, alpha, unroll)
+    _check_surrogate(surrogate)
+    return _multistep(x_seq, jnp.zeros((), x_seq.dtype), float(tau), v_threshold, surrogate, alpha, unroll)
 
 
 def plif(x_seq: jax.Array, w: jax.Array, v_threshold: float = 1.0, surrogate: str = "atan",
          alpha: float | None = None, unroll: int | bool = 1) -> jax.Array:
     """Multi-step parametric LIF: H = V + (X − V)·sigmoid(w), one learnable scalar ``w`` per layer."""
+    _check_surrogate(surrogate)
     k = jax.nn.sigmoid(w).astype(x_seq.dtype)
-    return _multistep(x_seq, lambda v, x: v + (x - v) * k, v_threshold, surrogate, alpha, unroll)
+    return _multistep(x_seq, k, None, v_threshold, surrogate, alpha, unroll)
+
+
+def _check_surrogate(surrogate: str) -> None:
+    if surrogate not in SURROGATES:
+        raise ValueError(f"unknown surrogate {surrogate!r}; choose one of {SURROGATES}")
 
 
 class Neuron(nn.Module):

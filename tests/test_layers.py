@@ -180,3 +180,27 @@ def test_batch_norm_train_custom_vjp_matches_autodiff(x64):
     cts = tuple(jax.random.normal(jax.random.PRNGKey(3 + i), a.shape, jnp.float64) for i, a in enumerate(ref[0]))
     for a, c in zip(ref[0] + ref[1](cts), got[0] + got[1](cts)):
         np.testing.assert_allclose(c, a, atol=1e-12)
+
+
+@pytest.mark.parametrize("spec, sa, sb", [("pc,co->po", (40, 16), (16, 8)),
+                                          ("tbhnd,tbhmd->tbhnm", (2, 3, 2, 5, 4), (2, 3, 2, 6, 4))])
+def test_dot_low_precision_accumulates_in_float32_and_its_vjp_stays_bf16(spec, sa, sb):
+    """bf16 operands: float32 result equal to the float32 product of the same (exact) bf16 values; the VJP
+    returns bf16 cotangents equal to float32 products of the bf16-rounded cotangent."""
+    a = _normal(sa, jnp.bfloat16, seed=3)
+    b = _normal(sb, jnp.bfloat16, seed=4)
+    y, vjp = jax.vjp(functools.partial(layers.dot, spec), a, b)
+    ref = jnp.einsum(spec, a.astype(jnp.float32), b.astype(jnp.float32), precision="highest")
+    assert y.dtype == jnp.float32
+    np.testing.assert_allclose(y, ref, rtol=1e-6, atol=1e-6)
+    g = _normal(y.shape, jnp.float32, seed=5)
+    da, db = vjp(g)
+    assert da.dtype == db.dtype == jnp.bfloat16
+    g16 = g.astype(jnp.bfloat16).astype(jnp.float32)
+    _, ref_vjp = jax.vjp(lambda a, b: jnp.einsum(spec, a, b, precision="highest"),
+                         a.astype(jnp.float32), b.astype(jnp.float32))
+    for got, want in zip((da, db), ref_vjp(g16)):
+        np.testing.assert_allclose(got.astype(jnp.float32), want.astype(jnp.bfloat16).astype(jnp.float32),
+                                   rtol=1e-2, atol=1e-2)
+    f = _normal(sa, jnp.float32)
+    assert layers.dot(spec, f, _normal(sb, jnp.float32)).dtype == jnp.float32   # float32: a plain einsum
