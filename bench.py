@@ -107,6 +107,22 @@ def _cost_flops(compiled) -> float | None:
     return float(ca["flops"])
 
 
+def model_flops(step_fn, *args) -> float | None:
+    """FLOPs of one call of ``step_fn`` (a function to jit) from XLA's cost analysis of the program lowered
+    with native convolutions (``lax.conv``, grouped ones counted exactly) before optimisation, so the count
+    is the model's arithmetic whatever lowering runs it: the CPU lowering's scans over conv taps would
+    otherwise be counted once instead of k² times. (Elementwise work inside the neurons' scans is counted
+    once per scan, not per time step: a small part of the total.)"""
+    import jax
+
+    from sresformer_jax import layers
+    saved, layers.CONV_IMPL = layers.CONV_IMPL, "xla"
+    try:
+        return _cost_flops(jax.jit(step_fn).lower(*args))       # a fresh jit: CONV_IMPL is read at trace time
+    finally:
+        layers.CONV_IMPL = saved
+
+
 def _memory_analysis(compiled) -> dict[str, int] | None:
     try:
         ma = compiled.memory_analysis()
@@ -247,9 +263,12 @@ def bench_ours(model_name: str, img_size: int, T: int, batch: int, num_classes: 
     eval_times = _timed(run_eval, steps)
     log(f"[ours] eval step median {statistics.median(eval_times):.2f}s ({eval_times})")
 
-    def summary(times, warm, compile_s, compiled):
+    train_flops = model_flops(functools.partial(train_step, model=model, tx=tx, schedule=schedule, config=config),
+                              holder["state"], train_batch)
+    eval_flops = model_flops(functools.partial(eval_step, model=model), variables, eval_batch)
+
+    def summary(times, warm, compile_s, compiled, flops):
         med = statistics.median(times)
-        flops = _cost_flops(compiled)
         out = {"step_s_median": med, "step_s_all": times, "warmup_s": warm, "images_per_s": batch / med,
                "compile_s": compile_s, "flops_per_step": flops,
                "flops_per_s": flops / med if flops else None,
@@ -260,8 +279,8 @@ def bench_ours(model_name: str, img_size: int, T: int, batch: int, num_classes: 
 
     return {"model": model_name, "model_config": model.config(), "precision": precision,
             "conv_impl": resolve_conv_impl(), "num_params": count_params(params), "init_s": init_s,
-            "train": summary(train_times, warm_train, train_compile_s, train_c),
-            "eval": summary(eval_times, warm_eval, eval_compile_s, eval_c),
+            "train": summary(train_times, warm_train, train_compile_s, train_c, train_flops),
+            "eval": summary(eval_times, warm_eval, eval_compile_s, eval_c, eval_flops),
             "peak_rss_bytes": peak_rss_bytes(), "device_memory": _device_memory(),
             "last_train_metrics": {k: float(v) for k, v in holder["metrics"].items()}}
 

@@ -160,9 +160,12 @@ def _conv_stride1_bwd(padding, groups, res, dy):
     xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
     xg = jnp.moveaxis(xp.reshape(n, h + 2 * padding, w + 2 * padding, groups, cg), 3, 0)   # [g, N, H', W', C/g]
     dyg = jnp.moveaxis(dy.reshape(n, ho, wo, groups, og), 3, 0).reshape(groups, -1, og)    # [g, P, O/g]
-    taps = [dot("gpc,gpo->gco", xg[:, :, i:i + ho, j:j + wo].reshape(groups, -1, cg), dyg)
-            for i in range(k) for j in range(k)]                                           # k² × [g, C/g, O/g]
-    dk = jnp.stack(taps).reshape(k, k, groups, cg, og)
+
+    def tap(carry, ij):                               # scanned: one shifted slice of x alive at a time
+        xt = jax.lax.dynamic_slice(xg, (0, 0, ij[0], ij[1], 0), (groups, n, ho, wo, cg))
+        return carry, dot("gpc,gpo->gco", xt.reshape(groups, -1, cg), dyg)             # [g, C/g, O/g]
+
+    dk = jax.lax.scan(tap, None, _tap_offsets(k))[1].reshape(k, k, groups, cg, og)
     dk = jnp.moveaxis(dk, 2, 3).reshape(k, k, cg, cout)
     return dx, dk.astype(kernel.dtype)
 
@@ -191,7 +194,8 @@ def _conv_dense(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> j
 
       1×1:                 y = x̃[:, ::s, ::s] @ K[0, 0]                     (one [N·Ho·Wo, C] × [C, O] matmul)
       k×k, stride k:       non-overlapping patches: x̃ → [N, Ho, k, Wo, k, C], contracted over (k, k, C)
-      k×k, other strides:  y = Σ_{i,j} x̃[:, i::s, j::s][:, :Ho, :Wo] @ K[i, j]   (k² shifted slices)
+      k×k, other strides:  y = Σ_{i,j} x̃[:, i::s, j::s][:, :Ho, :Wo] @ K[i, j]   (k² shifted slices; for
+                           stride 1 a scan over the taps, ``_conv_taps_scan``; im2col below 32 channels)
     """
     k, _, c, cout = kernel.shape
     n, h, w = x.shape[:3]
@@ -204,6 +208,8 @@ def _conv_dense(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> j
     if k == stride:
         patches = x[:, :ho * k, :wo * k].reshape(n, ho, k, wo, k, c)                 # [N, Ho, k, Wo, k, C]
         return dot("nakbjc,kjco->nabo", patches, kernel)
+    if stride == 1 and c >= _MIN_TAP_DEPTH:
+        return _conv_taps_scan(x, kernel, ho, wo)
     taps = [jax.lax.slice(x, (0, i, j, 0), (n, i + (ho - 1) * stride + 1, j + (wo - 1) * stride + 1, c),
                           (1, stride, stride, 1))                                    # k² × [N, Ho, Wo, C]
             for i in range(k) for j in range(k)]
@@ -216,6 +222,27 @@ def _conv_dense(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> j
     for t, kt in zip(taps[1:], kernel[1:]):
         y = y + dot("nabc,co->nabo", t, kt)                                         # [N, Ho, Wo, O]
     return y
+
+
+def _tap_offsets(k: int) -> jax.Array:
+    return jnp.asarray([(i, j) for i in range(k) for j in range(k)])      # [k², 2], default int (x64-safe)
+
+
+def _conv_taps_scan(xp: jax.Array, kernel: jax.Array, ho: int, wo: int) -> jax.Array:
+    """Stride-1 k×k convolution of the already padded ``xp`` [N, H', W', C] as a ``lax.scan`` over the k²
+    taps, y += x̃[:, i:i+Ho, j:j+Wo] @ K[i, j]: one shifted slice is alive at a time (a Python loop lets
+    XLA materialise all k² slices at once: 3.2× the temporary memory, and slower on CPU)."""
+    k, _, c, cout = kernel.shape
+    n = xp.shape[0]
+
+    def tap(y, inp):
+        (i, j), kt = inp
+        xt = jax.lax.dynamic_slice(xp, (0, i, j, 0), (n, ho, wo, c))               # [N, Ho, Wo, C]
+        return y + dot("nabc,co->nabo", xt, kt), None
+
+    acc = jnp.float32 if xp.dtype in LOW_PRECISION else xp.dtype
+    y0 = jnp.zeros((n, ho, wo, cout), acc)
+    return jax.lax.scan(tap, y0, (_tap_offsets(k), kernel.reshape(k * k, c, cout)))[0]
 
 
 def max_pool(x: jax.Array, window: int = 3, stride: int = 2, padding: int = 1) -> jax.Array:
