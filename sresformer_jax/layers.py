@@ -231,18 +231,22 @@ def _tap_offsets(k: int) -> jax.Array:
 def _conv_taps_scan(xp: jax.Array, kernel: jax.Array, ho: int, wo: int) -> jax.Array:
     """Stride-1 k×k convolution of the already padded ``xp`` [N, H', W', C] as a ``lax.scan`` over the k²
     taps, y += x̃[:, i:i+Ho, j:j+Wo] @ K[i, j]: one shifted slice is alive at a time (a Python loop lets
-    XLA materialise all k² slices at once: 3.2× the temporary memory, and slower on CPU)."""
+    XLA materialise all k² slices at once: 3.2× the temporary memory, and slower on CPU). The first tap
+    initialises the [N·Ho·Wo, O] accumulator (no zero fill)."""
     k, _, c, cout = kernel.shape
     n = xp.shape[0]
+    kernel = kernel.reshape(k * k, c, cout)
+
+    def shifted(i, j):                                                               # [N·Ho·Wo, C]
+        return jax.lax.dynamic_slice(xp, (0, i, j, 0), (n, ho, wo, c)).reshape(-1, c)
 
     def tap(y, inp):
         (i, j), kt = inp
-        xt = jax.lax.dynamic_slice(xp, (0, i, j, 0), (n, ho, wo, c))               # [N, Ho, Wo, C]
-        return y + dot("nabc,co->nabo", xt, kt), None
+        return y + dot("pc,co->po", shifted(i, j), kt), None
 
-    acc = jnp.float32 if xp.dtype in LOW_PRECISION else xp.dtype
-    y0 = jnp.zeros((n, ho, wo, cout), acc)
-    return jax.lax.scan(tap, y0, (_tap_offsets(k), kernel.reshape(k * k, c, cout)))[0]
+    y = dot("pc,co->po", shifted(0, 0), kernel[0])
+    y = jax.lax.scan(tap, y, (_tap_offsets(k)[1:], kernel[1:]))[0]
+    return y.reshape(n, ho, wo, cout)
 
 
 def max_pool(x: jax.Array, window: int = 3, stride: int = 2, padding: int = 1) -> jax.Array:
