@@ -333,7 +333,8 @@ torch.manual_seed(0)
 B, S = cfg["batch"], cfg["img_size"]
 x = torch.randn(B, 3, S, S, device=device)
 y = torch.arange(B, device=device) % cfg["num_classes"]
-amp = bool(cfg.get("amp")) and device == "cuda"      # the official recipe: fp16 autocast + GradScaler
+amp = bool(cfg.get("amp"))      # cuda: the official recipe, fp16 autocast + GradScaler; cpu: bf16 autocast
+amp_dtype = torch.float16 if device == "cuda" else torch.bfloat16
 scaler = torch.cuda.amp.GradScaler(enabled=amp) if device == "cuda" else None
 sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
@@ -341,7 +342,7 @@ crit = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
 def train():
     model.train()
     opt.zero_grad(set_to_none=True)
-    with torch.autocast(device_type=device, dtype=torch.float16, enabled=amp):
+    with torch.autocast(device_type=device, dtype=amp_dtype, enabled=amp):
         out = model(x)
         loss = crit(out.mean(0), y)
     if scaler is not None and amp:
@@ -355,7 +356,7 @@ def train():
     return float(loss)
 def evaluate():
     model.eval()
-    with torch.no_grad(), torch.autocast(device_type=device, dtype=torch.float16, enabled=amp):
+    with torch.no_grad(), torch.autocast(device_type=device, dtype=amp_dtype, enabled=amp):
         out = model(x)
     functional.reset_net(model)
     sync()
@@ -555,7 +556,7 @@ def main(argv=None) -> dict:
     p.add_argument("--official-device", default="cpu", choices=["cpu", "cuda"],
                    help="where the official side runs (cuda: SpikingJelly's cupy neurons if CuPy imports)")
     p.add_argument("--official-amp", action="store_true",
-                   help="official side with fp16 autocast + GradScaler, as its recipe trains (cuda only)")
+                   help="official side under autocast: fp16 + GradScaler on cuda (its recipe), bf16 on cpu")
     p.add_argument("--max-batch", type=int, default=0,
                    help="also find the largest training batch that fits, doubling from --batch up to this cap "
                         "(each probe a fresh process)")
@@ -585,8 +586,8 @@ def main(argv=None) -> dict:
     # so that nothing ours allocates here shrinks what they can use on an accelerator.
     if a.official_dir:
         if a.precision != "float32":
-            print("[official] note: the official side runs float32" + (" with fp16 autocast" if a.official_amp
-                                                                        else ""))
+            print("[official] note: the official side runs float32" + (
+                " with autocast" if a.official_amp else " (--official-amp: under autocast)"))
         result["official"] = bench_official(a.official_dir, a.official_python, a.model, a.img_size, a.T,
                                             a.batch, a.num_classes, a.steps, a.warmup, a.official_timeout,
                                             not a.no_timm_stub, device=a.official_device, amp=a.official_amp)

@@ -76,8 +76,6 @@ def _multistep(x_seq, k, tau, v_threshold, surrogate, alpha, unroll):
         dX[t] = k·dH[t],   dV[t−1] = (1 − k)·dH[t],   dk = Σ_t dH[t]·(X[t] − V[t−1])     (k = 1/τ or sigmoid(w))
 
     (equal to autodiff through the scan; it stores one [T, ...] array instead of autodiff's several).
-    The forward is unrolled over T (XLA fuses it into one pass: −10 % evaluation time on CPU); the adjoint
-    scan runs with ``unroll`` (unrolling it too was slower, docs/performance.md).
     """
     return _multistep_fwd(x_seq, k, tau, v_threshold, surrogate, alpha, unroll)[0]
 
@@ -88,7 +86,7 @@ def _multistep_fwd(x_seq, k, tau, v_threshold, surrogate, alpha, unroll):
         s = spike(h - v_threshold, surrogate, alpha)
         return (1.0 - s) * h, (s, h)
 
-    _, (s_seq, h_seq) = jax.lax.scan(step, jnp.zeros_like(x_seq[0]), x_seq, unroll=True)  # one fused pass
+    _, (s_seq, h_seq) = jax.lax.scan(step, jnp.zeros_like(x_seq[0]), x_seq, unroll=unroll)
     return s_seq, (h_seq, x_seq if tau is None else None, k)
 
 
