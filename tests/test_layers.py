@@ -204,3 +204,17 @@ def test_dot_low_precision_accumulates_in_float32_and_its_vjp_stays_bf16(spec, s
                                    rtol=1e-2, atol=1e-2)
     f = _normal(sa, jnp.float32)
     assert layers.dot(spec, f, _normal(sb, jnp.float32)).dtype == jnp.float32   # float32: a plain einsum
+
+
+def test_stride1_conv_keeps_one_shifted_slice_alive():
+    """The CPU lowering scans over the k² taps (forward and the custom VJP's dK), so XLA's temporary buffers
+    of a group-wise 3×3 conv's value-and-gradient stay a few activations large; a Python loop over the taps
+    let XLA keep all nine shifted copies alive at once (docs/performance.md: batch-32 train buffers 15 → 8.4 GiB)."""
+    x = _normal((8, 16, 16, 128), jnp.float32)
+    kernel = _normal((3, 3, 64, 128), jnp.float32, seed=1)
+
+    def loss(x, w):
+        return jnp.sum(jnp.square(conv2d(x, w, 1, 1, 2, impl="slices")))
+
+    temp = jax.jit(jax.grad(loss, (0, 1))).lower(x, kernel).compile().memory_analysis().temp_size_in_bytes
+    assert temp < 8 * x.nbytes, f"{temp / x.nbytes:.1f}× the input in temporaries"   # 5.4× now, 20.8× before
