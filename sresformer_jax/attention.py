@@ -83,9 +83,9 @@ class DSSA(nn.Module):
         y = ConvBN(2 * C, p, stride=p, dtype=self.dtype, param_dtype=self.param_dtype,
                    name="kv")(s, train)                                       # [T, B, H/p, W/p, 2C]
         n_kv = y.shape[2] * y.shape[3]                                        # N'
-        y = jnp.moveaxis(y.reshape(T, B, n_kv, h, 2 * d), 3, 2)                 # [T, B, h, N', 2d]
+        y = jnp.moveaxis(y.reshape(T, B, n_kv, h, 2 * d), 3, 2)               # [T, B, h, N', 2d]
         y1, y2 = y[..., :d], y[..., d:]                                       # [T, B, h, N', d] each
-        q = jnp.moveaxis(s.reshape(T, B, H * W, h, d), 3, 2)                   # [T, B, h, HW, d]
+        q = jnp.moveaxis(s.reshape(T, B, H * W, h, d), 3, 2)                  # [T, B, h, HW, d]
         # (heads-major batch dims: every product below is a canonical batched matmul, the form XLA:CPU's
         #  bf16 × bf16 → f32 path accepts, see layers.dot)
 
@@ -101,7 +101,7 @@ class DSSA(nn.Module):
         c1 = 1.0 / jnp.sqrt(rate_x * d)
         attn = dot("tbhnd,tbhmd->tbhnm", y1, q)                               # [T, B, h, N', HW]
         attn = (attn * c1[:, None, None]).astype(y.dtype)
-        a = neuron("lif_attn", count_map=False)(attn)                                          # spiking attention map
+        a = neuron("lif_attn", count_map=False)(attn)                         # spiking attention map
 
         rate_a = _firing_rate(r_attn, jnp.mean(jax.lax.stop_gradient(a).astype(stat), (0, 1, 3, 4)),
                               train, self.momentum, init)                     # [h]

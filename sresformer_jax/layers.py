@@ -54,7 +54,8 @@ def _mixed_dot_fwd(spec, a, b):
 
 def _mixed_dot_bwd(spec, res, g):
     a, b = res
-    (sa, sb), out = spec.replace(" ", "").split("->")[0].split(","), spec.replace(" ", "").split("->")[1]
+    inputs, out = spec.replace(" ", "").split("->")
+    sa, sb = inputs.split(",")
     g = g.astype(a.dtype)
     da = jnp.einsum(f"{out},{sb}->{sa}", g, b, preferred_element_type=jnp.float32)     # dL/da = g·bᵀ
     db = jnp.einsum(f"{sa},{out}->{sb}", a, g, preferred_element_type=jnp.float32)     # dL/db = aᵀ·g
