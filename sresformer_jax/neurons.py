@@ -25,26 +25,29 @@ SPIKE_COUNTS = "spike_counts"  # optional collection: per-layer spike counts, fo
 DEFAULT_ALPHA = {"atan": 2.0, "sigmoid": 4.0}
 
 
+def _check_surrogate(surrogate: str) -> None:
+    if surrogate not in SURROGATES:
+        raise ValueError(f"unknown surrogate {surrogate!r}; choose one of {SURROGATES}")
+
+
 def surrogate_grad(x: jax.Array, surrogate: str = "atan", alpha: float | None = None) -> jax.Array:
     """Derivative of the smooth stand-in for Θ at ``x``.
 
     atan:    g'(x) = (α/2) / (1 + (π/2·α·x)²)      (α = 2 → 1 / (1 + (πx)²); SpikingJelly ``ATan``)
     sigmoid: g'(x) = α·σ(αx)·(1 − σ(αx))           (α = 4; SpikingJelly ``Sigmoid``)
     """
+    _check_surrogate(surrogate)
     alpha = DEFAULT_ALPHA[surrogate] if alpha is None else alpha
     if surrogate == "atan":
         return alpha / 2 / (1 + jnp.square(math.pi / 2 * alpha * x))
-    if surrogate == "sigmoid":
-        s = jax.nn.sigmoid(alpha * x)
-        return alpha * s * (1 - s)
-    raise ValueError(f"unknown surrogate {surrogate!r}; choose one of {SURROGATES}")
+    s = jax.nn.sigmoid(alpha * x)                                                    # "sigmoid"
+    return alpha * s * (1 - s)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
 def spike(x: jax.Array, surrogate: str = "atan", alpha: float | None = None) -> jax.Array:
     """Heaviside step Θ(x) = [x >= 0] in ``x``'s dtype; backward pass uses the surrogate derivative."""
-    if surrogate not in SURROGATES:
-        raise ValueError(f"unknown surrogate {surrogate!r}; choose one of {SURROGATES}")
+    _check_surrogate(surrogate)
     x = jnp.asarray(x)
     return (x >= 0).astype(x.dtype)
 
@@ -124,11 +127,6 @@ def plif(x_seq: jax.Array, w: jax.Array, v_threshold: float = 1.0, surrogate: st
     _check_surrogate(surrogate)
     k = jax.nn.sigmoid(w).astype(x_seq.dtype)
     return _multistep(x_seq, k, None, v_threshold, surrogate, alpha, unroll)
-
-
-def _check_surrogate(surrogate: str) -> None:
-    if surrogate not in SURROGATES:
-        raise ValueError(f"unknown surrogate {surrogate!r}; choose one of {SURROGATES}")
 
 
 class Neuron(nn.Module):
