@@ -157,17 +157,11 @@ def _conv_stride1_bwd(padding, groups, res, dy):
     dx = _conv_groups(dy, _transposed_kernel(kernel, groups), 1, k - 1 - padding, groups).astype(x.dtype)
     n, h, w, c = x.shape
     ho, wo, cout = dy.shape[1], dy.shape[2], dy.shape[3]
-    cg, og = c // groups, cout // groups
     xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-    xg = jnp.moveaxis(xp.reshape(n, h + 2 * padding, w + 2 * padding, groups, cg), 3, 0)   # [g, N, H', W', C/g]
-    dyg = jnp.moveaxis(dy.reshape(n, ho, wo, groups, og), 3, 0).reshape(groups, -1, og)    # [g, P, O/g]
-
-    def tap(carry, ij):                               # scanned: one shifted slice of x alive at a time
-        xt = jax.lax.dynamic_slice(xg, (0, 0, ij[0], ij[1], 0), (groups, n, ho, wo, cg))
-        return carry, dot("gpc,gpo->gco", xt.reshape(groups, -1, cg), dyg)             # [g, C/g, O/g]
-
-    dk = jax.lax.scan(tap, None, _tap_offsets(k))[1].reshape(k, k, groups, cg, og)
-    dk = jnp.moveaxis(dk, 2, 3).reshape(k, k, cg, cout)
+    xg = xp.reshape(n, h + 2 * padding, w + 2 * padding, groups, c // groups)        # [N, H', W', g, C/g]
+    dyg = dy.reshape(n, ho, wo, groups, cout // groups)                               # [N, Ho, Wo, g, O/g]
+    dk = jax.vmap(_kernel_grad_taps, (3, 3, None), 2)(xg, dyg, k)                     # [k, k, g, C/g, O/g]
+    dk = jnp.moveaxis(dk, 2, 3).reshape(k, k, c // groups, cout)
     return dx, dk.astype(kernel.dtype)
 
 
@@ -229,25 +223,39 @@ def _tap_offsets(k: int) -> jax.Array:
     return jnp.asarray([(i, j) for i in range(k) for j in range(k)])      # [k², 2], default int (x64-safe)
 
 
+def _shifted(xp: jax.Array, i, j, ho: int, wo: int) -> jax.Array:
+    """x̃[:, i:i+Ho, j:j+Wo] of a padded [N, H', W', C] as [N·Ho·Wo, C] (traced offsets: a scan over taps)."""
+    n, c = xp.shape[0], xp.shape[-1]
+    return jax.lax.dynamic_slice(xp, (0, i, j, 0), (n, ho, wo, c)).reshape(-1, c)
+
+
 def _conv_taps_scan(xp: jax.Array, kernel: jax.Array, ho: int, wo: int) -> jax.Array:
     """Stride-1 k×k convolution of the already padded ``xp`` [N, H', W', C] as a ``lax.scan`` over the k²
     taps, y += x̃[:, i:i+Ho, j:j+Wo] @ K[i, j]: one shifted slice is alive at a time (a Python loop lets
     XLA materialise all k² slices at once: 3.2× the temporary memory, and slower on CPU). The first tap
     initialises the [N·Ho·Wo, O] accumulator (no zero fill)."""
     k, _, c, cout = kernel.shape
-    n = xp.shape[0]
     kernel = kernel.reshape(k * k, c, cout)
-
-    def shifted(i, j):                                                               # [N·Ho·Wo, C]
-        return jax.lax.dynamic_slice(xp, (0, i, j, 0), (n, ho, wo, c)).reshape(-1, c)
 
     def tap(y, inp):
         (i, j), kt = inp
-        return y + dot("pc,co->po", shifted(i, j), kt), None
+        return y + dot("pc,co->po", _shifted(xp, i, j, ho, wo), kt), None
 
-    y = dot("pc,co->po", shifted(0, 0), kernel[0])
+    y = dot("pc,co->po", _shifted(xp, 0, 0, ho, wo), kernel[0])
     y = jax.lax.scan(tap, y, (_tap_offsets(k)[1:], kernel[1:]))[0]
-    return y.reshape(n, ho, wo, cout)
+    return y.reshape(xp.shape[0], ho, wo, cout)
+
+
+def _kernel_grad_taps(xp: jax.Array, dy: jax.Array, k: int) -> jax.Array:
+    """dK[i, j] = x̃[:, i:i+Ho, j:j+Wo]ᵀ · dy of a stride-1 k×k conv of the padded ``xp`` [N, H', W', C], with
+    ``dy`` [N, Ho, Wo, O] → [k, k, C, O]; the same scan over taps as the forward (one slice alive at a time)."""
+    ho, wo, cout = dy.shape[1:]
+    dy = dy.reshape(-1, cout)
+
+    def tap(carry, ij):
+        return carry, dot("pc,po->co", _shifted(xp, ij[0], ij[1], ho, wo), dy)        # [C, O]
+
+    return jax.lax.scan(tap, None, _tap_offsets(k))[1].reshape(k, k, xp.shape[-1], cout)
 
 
 def max_pool(x: jax.Array, window: int = 3, stride: int = 2, padding: int = 1) -> jax.Array:
@@ -286,7 +294,6 @@ class BatchNorm(nn.Module):
         ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), self.param_dtype))
         stat_dtype = jnp.promote_types(x.dtype, jnp.float32)
         xs = x.astype(stat_dtype)
-        axes = tuple(range(x.ndim - 1))
         if train:
             y, mean, var = batch_norm_train(xs, scale.astype(stat_dtype), bias.astype(stat_dtype), self.epsilon)
             if not self.is_initializing():
