@@ -128,19 +128,30 @@ def _conv_slices(x: jax.Array, kernel: jax.Array, stride: int, padding: int, gro
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _conv_stride1(x, kernel, padding, groups):
-    """A stride-1 k×k (grouped) convolution whose backward pass keeps only ``x`` and ``kernel`` (not the k²
-    shifted slices autodiff would store) and computes
+    """A stride-1 k×k (grouped) convolution whose backward pass keeps only the group-major padded input
+    (not the k² shifted slices autodiff would store) and computes
 
         dx = conv(dy, K̃, padding k − 1 − p),   K̃[i, j, o, c] = K[k−1−i, k−1−j, c, o] within each group
-        dK[i, j] = Σ_pixels x̃[shifted by (i, j)]ᵀ · dy                (one matmul per tap and group)
+        dK = Σ_chunks X̃ᵀ · dy                  (``_kernel_grad_chunks``: one im2col matmul per chunk of images)
 
     i.e. the input gradient is itself a forward convolution (accumulated in place, no scatter of k² slice
     gradients): 1.2× faster training steps on CPU (docs/performance.md)."""
-    return _conv_groups(x, kernel, 1, padding, groups)
+    return _conv_stride1_fwd(x, kernel, padding, groups)[0]
+
+
+def _group_major(x: jax.Array, padding: int, groups: int) -> jax.Array:
+    """[N, H, W, C] → zero-padded, group-major [g, N, H + 2p, W + 2p, C/g] (one copy)."""
+    n, h, w, c = x.shape
+    xg = jnp.moveaxis(x.reshape(n, h, w, groups, c // groups), 3, 0)
+    return jnp.pad(xg, ((0, 0), (0, 0), (padding, padding), (padding, padding), (0, 0)))
 
 
 def _conv_stride1_fwd(x, kernel, padding, groups):
-    return _conv_groups(x, kernel, 1, padding, groups), (x, kernel)
+    k, cout = kernel.shape[0], kernel.shape[-1]
+    xg = _group_major(x, padding, groups)                                           # [g, N, H', W', C/g]
+    kg = jnp.moveaxis(kernel.reshape(k, k, -1, groups, cout // groups), 3, 0)       # [g, k, k, C/g, O/g]
+    y = jax.vmap(_conv_dense, (0, 0, None, None))(xg, kg, 1, 0)                     # [g, N, Ho, Wo, O/g]
+    return jnp.moveaxis(y, 0, 3).reshape(y.shape[1:4] + (cout,)), (xg, kernel)
 
 
 def _transposed_kernel(kernel: jax.Array, groups: int) -> jax.Array:
@@ -151,18 +162,13 @@ def _transposed_kernel(kernel: jax.Array, groups: int) -> jax.Array:
 
 
 def _conv_stride1_bwd(padding, groups, res, dy):
-    x, kernel = res
-    k = kernel.shape[0]
-    dy = dy.astype(x.dtype)                      # low precision: the backward matmuls take the bf16 path too
-    dx = _conv_groups(dy, _transposed_kernel(kernel, groups), 1, k - 1 - padding, groups).astype(x.dtype)
-    n, h, w, c = x.shape
-    ho, wo, cout = dy.shape[1], dy.shape[2], dy.shape[3]
-    xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-    xg = xp.reshape(n, h + 2 * padding, w + 2 * padding, groups, c // groups)        # [N, H', W', g, C/g]
-    dyg = dy.reshape(n, ho, wo, groups, cout // groups)                               # [N, Ho, Wo, g, O/g]
-    dk = jax.vmap(_kernel_grad_taps, (3, 3, None), 2)(xg, dyg, k)                     # [k, k, g, C/g, O/g]
-    dk = jnp.moveaxis(dk, 2, 3).reshape(k, k, c // groups, cout)
-    return dx, dk.astype(kernel.dtype)
+    xg, kernel = res
+    k, cg, cout = kernel.shape[0], kernel.shape[2], kernel.shape[3]
+    dy = dy.astype(xg.dtype)                     # low precision: the backward matmuls take the bf16 path too
+    dx = _conv_groups(dy, _transposed_kernel(kernel, groups), 1, k - 1 - padding, groups).astype(xg.dtype)
+    dk = _kernel_grad_chunks(xg, dy, k)                                                # [g, O/g, k·k·C/g]
+    dk = jnp.transpose(dk.reshape(groups, cout // groups, k, k, cg), (2, 3, 4, 0, 1))  # [k, k, C/g, g, O/g]
+    return dx, dk.reshape(k, k, cg, cout).astype(kernel.dtype)
 
 
 _conv_stride1.defvjp(_conv_stride1_fwd, _conv_stride1_bwd)
@@ -246,16 +252,35 @@ def _conv_taps_scan(xp: jax.Array, kernel: jax.Array, ho: int, wo: int) -> jax.A
     return y.reshape(xp.shape[0], ho, wo, cout)
 
 
-def _kernel_grad_taps(xp: jax.Array, dy: jax.Array, k: int) -> jax.Array:
-    """dK[i, j] = x̃[:, i:i+Ho, j:j+Wo]ᵀ · dy of a stride-1 k×k conv of the padded ``xp`` [N, H', W', C], with
-    ``dy`` [N, Ho, Wo, O] → [k, k, C, O]; the same scan over taps as the forward (one slice alive at a time)."""
+# Pixels per chunk of the kernel-gradient scan (at least one image): its im2col block stays in cache.
+_DK_CHUNK_PIXELS = 256
+
+
+def _kernel_grad_chunks(xg: jax.Array, dy: jax.Array, k: int) -> jax.Array:
+    """dK of a stride-1 k×k grouped conv from its group-major padded input ``xg`` [g, N, H', W', C/g] and
+    ``dy`` [N, Ho, Wo, O], as a scan over chunks of images: per chunk, dyᵀ [g, O/g, P] times the im2col
+    block X̃ [g, P, k²·C/g] (built in cache), accumulated:
+
+        dKᵀ[g] = Σ_chunks dy[g]ᵀ · X̃[g]   → [g, O/g, k²·C/g]
+
+    Canonical row-major matmuls of depth P (the chunk's pixels): contracting all N·Ho·Wo pixels at once, one
+    tap at a time, ran on XLA:CPU's slow generic path for transposed operands (2× slower, docs/performance.md).
+    """
+    groups, n, _, _, cg = xg.shape
     ho, wo, cout = dy.shape[1:]
-    dy = dy.reshape(-1, cout)
+    og = cout // groups
+    chunk = max(d for d in range(1, n + 1) if n % d == 0 and d * ho * wo <= max(_DK_CHUNK_PIXELS, ho * wo))
+    xc = jnp.moveaxis(xg.reshape((groups, n // chunk, chunk) + xg.shape[2:]), 1, 0)  # [n/ch, g, ch, H', W', C/g]
+    dyc = dy.reshape(n // chunk, chunk * ho * wo, groups, og)                         # [n/ch, P, g, O/g]
 
-    def tap(carry, ij):
-        return carry, dot("pc,po->co", _shifted(xp, ij[0], ij[1], ho, wo), dy)        # [C, O]
+    def step(acc, inp):
+        x, d = inp
+        taps = [x[:, :, i:i + ho, j:j + wo].reshape(groups, -1, cg) for i in range(k) for j in range(k)]
+        cols = jnp.stack(taps, 2).reshape(groups, -1, k * k * cg)                     # [g, P, k²·C/g]
+        return acc + dot("gop,gpk->gok", jnp.transpose(d, (1, 2, 0)), cols), None
 
-    return jax.lax.scan(tap, None, _tap_offsets(k))[1].reshape(k, k, xp.shape[-1], cout)
+    acc = jnp.zeros((groups, og, k * k * cg), jnp.promote_types(xg.dtype, jnp.float32))
+    return jax.lax.scan(step, acc, (xc, dyc))[0]
 
 
 def max_pool(x: jax.Array, window: int = 3, stride: int = 2, padding: int = 1) -> jax.Array:
