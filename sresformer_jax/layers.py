@@ -65,6 +65,28 @@ def _mixed_dot_bwd(spec, res, g):
 _mixed_dot.defvjp(_mixed_dot_fwd, _mixed_dot_bwd)
 
 
+def _as_bits(x: jax.Array) -> jax.Array:
+    """A bf16/f16 array as its uint16 bit pattern (a free bitcast); other dtypes unchanged."""
+    return jax.lax.bitcast_convert_type(x, jnp.uint16) if x.dtype in LOW_PRECISION else x
+
+
+def _from_bits(x: jax.Array, dtype) -> jax.Array:
+    return jax.lax.bitcast_convert_type(x, dtype) if x.dtype != dtype else x
+
+
+def scan_bits(f, init, xs, **kwargs):
+    """``jax.lax.scan(f, init, xs)`` whose bf16/f16 inputs are sliced as uint16 bit patterns.
+
+    XLA:CPU does not slice 16-bit floats inside a loop: it converts the whole scanned bf16 array to float32
+    before the loop and each slice back to bf16 (a float32 copy, twice the traffic; 1.8× slower on a
+    [32, 4, 4096, 64] bf16 scan feeding a matmul). Integer slices are pure data movement. Not differentiable
+    (the bitcast to an integer cuts the gradient): for use inside custom VJPs only.
+    """
+    dtypes = jax.tree.map(lambda x: x.dtype, xs)
+    return jax.lax.scan(lambda c, x: f(c, jax.tree.map(_from_bits, x, dtypes)), init,
+                        jax.tree.map(_as_bits, xs), **kwargs)
+
+
 CONV_IMPLS = ("auto", "xla", "slices")
 CONV_IMPL_ENV = "SRESFORMER_CONV_IMPL"
 CONV_VJP_ENV = "SRESFORMER_CONV_VJP"   # "custom" (default) or "autodiff": the slices lowering's stride-1 backward
@@ -150,7 +172,7 @@ def _conv_stride1_fwd(x, kernel, padding, groups):
     k, cout = kernel.shape[0], kernel.shape[-1]
     xg = _group_major(x, padding, groups)                                           # [g, N, H', W', C/g]
     kg = jnp.moveaxis(kernel.reshape(k, k, -1, groups, cout // groups), 3, 0)       # [g, k, k, C/g, O/g]
-    y = jax.vmap(_conv_dense, (0, 0, None, None))(xg, kg, 1, 0)                     # [g, N, Ho, Wo, O/g]
+    y = jax.vmap(_conv_dense, (0, 0, None, None, None))(xg, kg, 1, 0, True)         # [g, N, Ho, Wo, O/g]
     return jnp.moveaxis(y, 0, 3).reshape(y.shape[1:4] + (cout,)), (xg, kernel)
 
 
@@ -165,7 +187,8 @@ def _conv_stride1_bwd(padding, groups, res, dy):
     xg, kernel = res
     k, cg, cout = kernel.shape[0], kernel.shape[2], kernel.shape[3]
     dy = dy.astype(xg.dtype)                     # low precision: the backward matmuls take the bf16 path too
-    dx = _conv_groups(dy, _transposed_kernel(kernel, groups), 1, k - 1 - padding, groups).astype(xg.dtype)
+    dx = _conv_groups(dy, _transposed_kernel(kernel, groups), 1, k - 1 - padding, groups, bits=True)
+    dx = dx.astype(xg.dtype)
     dk = _kernel_grad_chunks(xg, dy, k)                                                # [g, O/g, k·k·C/g]
     dk = jnp.transpose(dk.reshape(groups, cout // groups, k, k, cg), (2, 3, 4, 0, 1))  # [k, k, C/g, g, O/g]
     return dx, dk.reshape(k, k, cg, cout).astype(kernel.dtype)
@@ -174,14 +197,15 @@ def _conv_stride1_bwd(padding, groups, res, dy):
 _conv_stride1.defvjp(_conv_stride1_fwd, _conv_stride1_bwd)
 
 
-def _conv_groups(x: jax.Array, kernel: jax.Array, stride: int, padding: int, groups: int) -> jax.Array:
+def _conv_groups(x: jax.Array, kernel: jax.Array, stride: int, padding: int, groups: int,
+                 bits: bool = False) -> jax.Array:
     if groups == 1:
-        return _conv_dense(x, kernel, stride, padding)
+        return _conv_dense(x, kernel, stride, padding, bits)
     n, h, w, c = x.shape
     k, cout = kernel.shape[0], kernel.shape[-1]
     xg = jnp.moveaxis(x.reshape(n, h, w, groups, c // groups), 3, 0)                # [g, N, H, W, C/g]
     kg = jnp.moveaxis(kernel.reshape(k, k, c // groups, groups, cout // groups), 3, 0)  # [g, k, k, C/g, O/g]
-    y = jax.vmap(_conv_dense, (0, 0, None, None))(xg, kg, stride, padding)         # [g, N, Ho, Wo, O/g]
+    y = jax.vmap(_conv_dense, (0, 0, None, None, None))(xg, kg, stride, padding, bits)  # [g, N, Ho, Wo, O/g]
     return jnp.moveaxis(y, 0, 3).reshape(y.shape[1:4] + (cout,))
 
 
@@ -190,7 +214,7 @@ def _conv_groups(x: jax.Array, kernel: jax.Array, stride: int, padding: int, gro
 _MIN_TAP_DEPTH = 32
 
 
-def _conv_dense(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
+def _conv_dense(x: jax.Array, kernel: jax.Array, stride: int, padding: int, bits: bool = False) -> jax.Array:
     """Dense convolution ([N, H, W, C] × [k, k, C, O] → [N, Ho, Wo, O]) as matmuls on the zero-padded x̃:
 
       1×1:                 y = x̃[:, ::s, ::s] @ K[0, 0]                     (one [N·Ho·Wo, C] × [C, O] matmul)
@@ -210,7 +234,7 @@ def _conv_dense(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> j
         patches = x[:, :ho * k, :wo * k].reshape(n, ho, k, wo, k, c)                 # [N, Ho, k, Wo, k, C]
         return dot("nakbjc,kjco->nabo", patches, kernel)
     if stride == 1 and c >= _MIN_TAP_DEPTH:
-        return _conv_taps_scan(x, kernel, ho, wo)
+        return _conv_taps_scan(x, kernel, ho, wo, bits)
     taps = [jax.lax.slice(x, (0, i, j, 0), (n, i + (ho - 1) * stride + 1, j + (wo - 1) * stride + 1, c),
                           (1, stride, stride, 1))                                    # k² × [N, Ho, Wo, C]
             for i in range(k) for j in range(k)]
@@ -229,23 +253,26 @@ def _tap_offsets(k: int) -> jax.Array:
     return jnp.asarray([(i, j) for i in range(k) for j in range(k)])      # [k², 2], default int (x64-safe)
 
 
-def _shifted(xp: jax.Array, i, j, ho: int, wo: int) -> jax.Array:
-    """x̃[:, i:i+Ho, j:j+Wo] of a padded [N, H', W', C] as [N·Ho·Wo, C] (traced offsets: a scan over taps)."""
+def _shifted(xp: jax.Array, i, j, ho: int, wo: int, dtype=None) -> jax.Array:
+    """x̃[:, i:i+Ho, j:j+Wo] of a padded [N, H', W', C] as [N·Ho·Wo, C] (traced offsets: a scan over taps);
+    ``dtype``: the float type of which ``xp`` holds the bits (see ``scan_bits``)."""
     n, c = xp.shape[0], xp.shape[-1]
-    return jax.lax.dynamic_slice(xp, (0, i, j, 0), (n, ho, wo, c)).reshape(-1, c)
+    return _from_bits(jax.lax.dynamic_slice(xp, (0, i, j, 0), (n, ho, wo, c)).reshape(-1, c), dtype or xp.dtype)
 
 
-def _conv_taps_scan(xp: jax.Array, kernel: jax.Array, ho: int, wo: int) -> jax.Array:
+def _conv_taps_scan(xp: jax.Array, kernel: jax.Array, ho: int, wo: int, bits: bool = False) -> jax.Array:
     """Stride-1 k×k convolution of the already padded ``xp`` [N, H', W', C] as a ``lax.scan`` over the k²
     taps, y += x̃[:, i:i+Ho, j:j+Wo] @ K[i, j]: one shifted slice is alive at a time (a Python loop lets
     XLA materialise all k² slices at once: 3.2× the temporary memory, and slower on CPU). The first tap
-    initialises the [N·Ho·Wo, O] accumulator (no zero fill)."""
+    initialises the [N·Ho·Wo, O] accumulator (no zero fill). ``bits``: slice 16-bit floats as their bit
+    patterns (``scan_bits``; not differentiable, set by the custom VJP only)."""
     k, _, c, cout = kernel.shape
     kernel = kernel.reshape(k * k, c, cout)
+    dtype, xv = xp.dtype, _as_bits(xp) if bits else xp
 
     def tap(y, inp):
         (i, j), kt = inp
-        return y + dot("pc,co->po", _shifted(xp, i, j, ho, wo), kt), None
+        return y + dot("pc,co->po", _shifted(xv, i, j, ho, wo, dtype), kt), None
 
     y = dot("pc,co->po", _shifted(xp, 0, 0, ho, wo), kernel[0])
     y = jax.lax.scan(tap, y, (_tap_offsets(k)[1:], kernel[1:]))[0]
@@ -280,7 +307,7 @@ def _kernel_grad_chunks(xg: jax.Array, dy: jax.Array, k: int) -> jax.Array:
         return acc + dot("gop,gpk->gok", jnp.transpose(d, (1, 2, 0)), cols), None
 
     acc = jnp.zeros((groups, og, k * k * cg), jnp.promote_types(xg.dtype, jnp.float32))
-    return jax.lax.scan(step, acc, (xc, dyc))[0]
+    return scan_bits(step, acc, (xc, dyc))[0]
 
 
 def max_pool(x: jax.Array, window: int = 3, stride: int = 2, padding: int = 1) -> jax.Array:

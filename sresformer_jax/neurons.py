@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from .layers import scan_bits
+
 SURROGATES = ("atan", "sigmoid")
 SPIKE_COUNTS = "spike_counts"  # optional collection: per-layer spike counts, for firing rates and SOPs
 DEFAULT_ALPHA = {"atan": 2.0, "sigmoid": 4.0}
@@ -89,7 +91,7 @@ def _multistep_fwd(x_seq, k, tau, v_threshold, surrogate, alpha, unroll):
         s = spike(h - v_threshold, surrogate, alpha)
         return (1.0 - s) * h, (s, h)
 
-    _, (s_seq, h_seq) = jax.lax.scan(step, jnp.zeros_like(x_seq[0]), x_seq, unroll=unroll)
+    _, (s_seq, h_seq) = scan_bits(step, jnp.zeros_like(x_seq[0]), x_seq, unroll=unroll)
     return s_seq, (h_seq, x_seq if tau is None else None, k)
 
 
@@ -105,8 +107,8 @@ def _multistep_bwd(tau, v_threshold, surrogate, alpha, unroll, res, ds_seq):
         dk = None if x is None else jnp.sum(dh * (x - vp), dtype=jnp.promote_types(h.dtype, jnp.float32))
         return (1 - kk) * dh, (kk * dh, dk)
 
-    _, (dx_seq, dk_seq) = jax.lax.scan(step, jnp.zeros_like(h_seq[0]), (h_seq, ds_seq, v_prev, x_seq),
-                                       reverse=True, unroll=unroll)
+    _, (dx_seq, dk_seq) = scan_bits(step, jnp.zeros_like(h_seq[0]), (h_seq, ds_seq, v_prev, x_seq),
+                                    reverse=True, unroll=unroll)
     dk = jnp.zeros_like(k) if x_seq is None else jnp.sum(dk_seq).astype(k.dtype)
     return dx_seq, dk
 

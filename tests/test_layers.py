@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -225,3 +226,21 @@ def test_stride1_conv_keeps_one_shifted_slice_alive():
     # 7.2× now (the residual is the group-major padded input, 1.3× x, instead of x itself); 20.8× with the
     # taps in a Python loop
     assert temp < 8 * x.nbytes, f"{temp / x.nbytes:.1f}× the input in temporaries"
+
+
+def test_scan_bits_equals_scan_and_keeps_bf16_inputs_out_of_float32():
+    """``layers.scan_bits`` slices bf16 inputs as uint16 bit patterns: the same values as ``lax.scan``, and the
+    compiled loop carries no float32 copy of the scanned array (XLA:CPU's conversion of a sliced bf16 array,
+    docs/performance.md)."""
+    xs = (_normal((6, 32, 64), jnp.float32).astype(jnp.bfloat16), _normal((6, 64), jnp.float32))
+    w = _normal((64, 16), jnp.float32).astype(jnp.bfloat16)
+
+    def step(c, x):
+        a, b = x
+        return c + layers.dot("pc,co->po", a, w), jnp.sum(b) * a[0, 0]
+
+    want = jax.lax.scan(step, jnp.zeros((32, 16)), xs)
+    run = jax.jit(lambda xs: layers.scan_bits(step, jnp.zeros((32, 16)), xs))
+    chex.assert_trees_all_equal(run(xs), want)
+    loops = [line for line in run.lower(xs).compile().as_text().splitlines() if " while(" in line]
+    assert loops and all("f32[6,32,64]" not in line.split(" while(")[0] for line in loops), loops
