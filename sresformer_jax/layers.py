@@ -169,11 +169,8 @@ def _group_major(x: jax.Array, padding: int, groups: int) -> jax.Array:
 
 
 def _conv_stride1_fwd(x, kernel, padding, groups):
-    k, cout = kernel.shape[0], kernel.shape[-1]
     xg = _group_major(x, padding, groups)                                           # [g, N, H', W', C/g]
-    kg = jnp.moveaxis(kernel.reshape(k, k, -1, groups, cout // groups), 3, 0)       # [g, k, k, C/g, O/g]
-    y = jax.vmap(_conv_dense, (0, 0, None, None, None))(xg, kg, 1, 0, True)         # [g, N, Ho, Wo, O/g]
-    return jnp.moveaxis(y, 0, 3).reshape(y.shape[1:4] + (cout,)), (xg, kernel)
+    return _conv_group_major(xg, kernel, 1, 0, bits=True), (xg, kernel)
 
 
 def _transposed_kernel(kernel: jax.Array, groups: int) -> jax.Array:
@@ -201,10 +198,13 @@ def _conv_groups(x: jax.Array, kernel: jax.Array, stride: int, padding: int, gro
                  bits: bool = False) -> jax.Array:
     if groups == 1:
         return _conv_dense(x, kernel, stride, padding, bits)
-    n, h, w, c = x.shape
-    k, cout = kernel.shape[0], kernel.shape[-1]
-    xg = jnp.moveaxis(x.reshape(n, h, w, groups, c // groups), 3, 0)                # [g, N, H, W, C/g]
-    kg = jnp.moveaxis(kernel.reshape(k, k, c // groups, groups, cout // groups), 3, 0)  # [g, k, k, C/g, O/g]
+    return _conv_group_major(_group_major(x, 0, groups), kernel, stride, padding, bits)
+
+
+def _conv_group_major(xg: jax.Array, kernel: jax.Array, stride: int, padding: int, bits: bool) -> jax.Array:
+    """Grouped conv of a group-major input [g, N, H, W, C/g] → [N, Ho, Wo, O]: one dense conv per group."""
+    groups, (k, cout) = xg.shape[0], (kernel.shape[0], kernel.shape[-1])
+    kg = jnp.moveaxis(kernel.reshape(k, k, -1, groups, cout // groups), 3, 0)       # [g, k, k, C/g, O/g]
     y = jax.vmap(_conv_dense, (0, 0, None, None, None))(xg, kg, stride, padding, bits)  # [g, N, Ho, Wo, O/g]
     return jnp.moveaxis(y, 0, 3).reshape(y.shape[1:4] + (cout,))
 
