@@ -274,7 +274,7 @@ def _conv_taps_scan(xp: jax.Array, kernel: jax.Array, ho: int, wo: int, bits: bo
         (i, j), kt = inp
         return y + dot("pc,co->po", _shifted(xv, i, j, ho, wo, dtype), kt), None
 
-    y = dot("pc,co->po", _shifted(xp, 0, 0, ho, wo), kernel[0])
+    y = dot("pc,co->po", _shifted(xv, 0, 0, ho, wo, dtype), kernel[0])
     y = jax.lax.scan(tap, y, (_tap_offsets(k)[1:], kernel[1:]))[0]
     return y.reshape(xp.shape[0], ho, wo, cout)
 
