@@ -80,7 +80,7 @@ class DSSA(nn.Module):
         init = self.is_initializing()
 
         s = neuron("lif_in")(x)                                               # [T, B, H, W, C]
-        y = ConvBN(2 * C, p, stride=p, dtype=self.dtype, param_dtype=self.param_dtype,
+        y = ConvBN(2 * C, p, stride=p, spikes=True, dtype=self.dtype, param_dtype=self.param_dtype,
                    name="kv")(s, train)                                       # [T, B, H/p, W/p, 2C]
         n_kv = y.shape[2] * y.shape[3]                                        # N'
         y = jnp.moveaxis(y.reshape(T, B, n_kv, h, 2 * d), 3, 2)               # [T, B, h, N', 2d]
@@ -111,5 +111,5 @@ class DSSA(nn.Module):
         out = jnp.moveaxis(out, 2, 3).reshape(T, B, H, W, C)                  # head-major channels
 
         o = neuron("lif_out")(out)
-        o = ConvBN(C, 1, dtype=self.dtype, param_dtype=self.param_dtype, name="proj")(o, train)
+        o = ConvBN(C, 1, spikes=True, dtype=self.dtype, param_dtype=self.param_dtype, name="proj")(o, train)
         return o + x

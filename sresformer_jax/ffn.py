@@ -30,7 +30,7 @@ class GWFFN(nn.Module):
         if inner % self.group_size:
             raise ValueError(f"GWFFN group size {self.group_size} does not divide {inner} = "
                              f"{self.ratio}×{self.dim} hidden channels")
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        kw = dict(spikes=True, dtype=self.dtype, param_dtype=self.param_dtype)   # every conv reads spikes
         neuron = lambda name: Neuron(self.neuron, param_dtype=self.param_dtype, name=name)  # noqa: E731
 
         u = ConvBN(inner, 1, name="up", **kw)(neuron("up_lif")(x), train)               # [T,B,H,W,RC]

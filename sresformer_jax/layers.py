@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from . import event_conv
+
 Dtype = Any
 
 
@@ -87,7 +89,7 @@ def scan_bits(f, init, xs, **kwargs):
                         jax.tree.map(_as_bits, xs), **kwargs)
 
 
-CONV_IMPLS = ("auto", "xla", "slices")
+CONV_IMPLS = ("auto", "xla", "slices", "events")
 CONV_IMPL_ENV = "SRESFORMER_CONV_IMPL"
 CONV_VJP_ENV = "SRESFORMER_CONV_VJP"   # "custom" (default) or "autodiff": the slices lowering's stride-1 backward
 CONV_IMPL: str | None = None
@@ -96,42 +98,91 @@ the environment variable ``SRESFORMER_CONV_IMPL``, then to the backend. Read at 
 before a function is jitted (an already compiled function keeps the lowering it was traced with)."""
 
 
-def resolve_conv_impl(impl: str = "auto") -> str:
+def resolve_conv_impl(impl: str = "auto", events: bool = False, dtype=None) -> str:
     """The lowering ``conv2d`` uses: an explicit ``impl`` wins, then ``CONV_IMPL``, then the environment
-    variable ``SRESFORMER_CONV_IMPL``, then the backend: ``"slices"`` on CPU, ``"xla"`` elsewhere."""
+    variable ``SRESFORMER_CONV_IMPL``, then the backend: on CPU ``"events"`` for a convolution of spikes
+    (``events=True``) when the event kernels are available (``event_conv.enabled``), else ``"slices"``;
+    ``"xla"`` elsewhere."""
     if impl == "auto":
         impl = CONV_IMPL or os.environ.get(CONV_IMPL_ENV) or "auto"
     if impl == "auto":
-        impl = "slices" if jax.default_backend() == "cpu" else "xla"
+        if jax.default_backend() != "cpu":
+            impl = "xla"
+        else:
+            impl = "events" if events and event_conv.enabled(dtype) else "slices"
     if impl not in CONV_IMPLS[1:]:
         raise ValueError(f"conv impl must be one of {CONV_IMPLS}, got {impl!r}")
     return impl
 
 
 def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: int = 0,
-           groups: int = 1, impl: str = "auto") -> jax.Array:
+           groups: int = 1, impl: str = "auto", events: bool = False) -> jax.Array:
     """2-D cross-correlation, NHWC × HWIO → NHWC, explicit symmetric zero padding (PyTorch's):
 
         y[n, a, b, o] = Σ_{i, j < k} Σ_{c < Cin/g} x̃[n, s·a + i, s·b + j, g(o)·Cin/g + c] · K[i, j, c, o],
         x̃ = x zero-padded by p on both sides of H and W, g(o) = o // (Cout/g), output ⌊(H + 2p − k)/s⌋ + 1.
 
     ``x``: [..., H, W, Cin] (leading axes folded into the batch); ``kernel``: [k, k, Cin/groups, Cout].
-    ``impl``: ``"xla"`` (``lax.conv_general_dilated``), ``"slices"`` (matmuls, ``_conv_slices``) or
-    ``"auto"`` (see ``resolve_conv_impl``: slices on CPU, where XLA's convolution gradients are slow).
-    Both lowerings give the same values and gradients up to rounding. Low-precision (bf16/f16) operands are
+    ``impl``: ``"xla"`` (``lax.conv_general_dilated``), ``"slices"`` (matmuls, ``_conv_slices``),
+    ``"events"`` (event-driven kernels, ``_event_conv``) or ``"auto"`` (see ``resolve_conv_impl``).
+    ``events``: ``x`` is a spike tensor (mostly zeros), for which ``"auto"`` picks the event kernels on CPU.
+    All lowerings give the same values and gradients up to rounding. Low-precision (bf16/f16) operands are
     accumulated in float32 and give a float32 result (see ``dot``).
     """
     lead, (h, w, c) = x.shape[:-3], x.shape[-3:]
     x4, kernel = x.reshape((-1, h, w, c)), kernel.astype(x.dtype)
-    if resolve_conv_impl(impl) == "xla":
+    impl = resolve_conv_impl(impl, events, x4.dtype)
+    if impl == "xla":
         y = jax.lax.conv_general_dilated(
             x4, kernel, window_strides=(stride, stride),
             padding=((padding, padding), (padding, padding)),
             dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups,
             preferred_element_type=jnp.float32 if x4.dtype in LOW_PRECISION else None)
+    elif impl == "events":
+        if c % kernel.shape[2] or c // kernel.shape[2] != groups:
+            raise ValueError(f"conv2d: kernel {kernel.shape} does not match {c} input channels in {groups} groups")
+        y = _event_conv(x4, kernel, stride, padding)
     else:
         y = _conv_slices(x4, kernel, stride, padding, groups)
     return y.reshape(lead + y.shape[1:])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _event_conv(x, kernel, stride, padding):
+    """Convolution of a spike tensor on the event kernels (``event_conv``: work ∝ the number of spikes):
+
+        y  = Σ_events x · K            (forward, event kernel)
+        dK = Σ_events x · dy           (event kernel)
+        dx = conv(dy, K̃)               (dense: ``_conv_input_grad``, XLA)
+    """
+    return event_conv.conv(x, kernel, stride, padding)
+
+
+def _event_conv_fwd(x, kernel, stride, padding):
+    return event_conv.conv(x, kernel, stride, padding), (x, kernel)
+
+
+def _event_conv_bwd(stride, padding, res, dy):
+    x, kernel = res
+    groups = x.shape[-1] // kernel.shape[2]
+    dk = event_conv.kernel_grad(x, dy, kernel.shape, stride, padding).astype(kernel.dtype)
+    return _conv_input_grad(dy, kernel, x, stride, padding, groups), dk
+
+
+_event_conv.defvjp(_event_conv_fwd, _event_conv_bwd)
+
+
+def _conv_input_grad(dy: jax.Array, kernel: jax.Array, x: jax.Array, stride: int, padding: int,
+                     groups: int) -> jax.Array:
+    """dx of the convolution (its transpose in x; only x's shape and dtype are used). Stride 1: the forward
+    convolution of dy with the flipped, in/out-swapped kernel (``_transposed_kernel``), padding k − 1 − p;
+    other strides: the transpose of the slices lowering (XLA drops its unused forward)."""
+    k = kernel.shape[0]
+    if stride == 1:
+        dy = dy.astype(x.dtype)                  # low precision: the backward matmuls take the bf16 path too
+        dx = _conv_groups(dy, _transposed_kernel(kernel, groups), 1, k - 1 - padding, groups, bits=True)
+        return dx.astype(x.dtype)
+    return jax.vjp(lambda x_: _conv_groups(x_, kernel, stride, padding, groups), x)[1](dy)[0]
 
 
 def _conv_slices(x: jax.Array, kernel: jax.Array, stride: int, padding: int, groups: int) -> jax.Array:
@@ -184,8 +235,9 @@ def _conv_stride1_bwd(padding, groups, res, dy):
     xg, kernel = res
     k, cg, cout = kernel.shape[0], kernel.shape[2], kernel.shape[3]
     dy = dy.astype(xg.dtype)                     # low precision: the backward matmuls take the bf16 path too
-    dx = _conv_groups(dy, _transposed_kernel(kernel, groups), 1, k - 1 - padding, groups, bits=True)
-    dx = dx.astype(xg.dtype)
+    dx = _conv_input_grad(dy, kernel, jax.ShapeDtypeStruct(
+        (dy.shape[0], xg.shape[2] - 2 * padding, xg.shape[3] - 2 * padding, groups * cg), xg.dtype),
+        1, padding, groups)
     dk = _kernel_grad_chunks(xg, dy, k)                                                # [g, O/g, k·k·C/g]
     dk = jnp.transpose(dk.reshape(groups, cout // groups, k, k, cg), (2, 3, 4, 0, 1))  # [k, k, C/g, g, O/g]
     return dx, dk.reshape(k, k, cg, cout).astype(kernel.dtype)
@@ -406,6 +458,7 @@ class ConvBN(nn.Module):
     stride: int = 1
     padding: int = 0
     groups: int = 1
+    spikes: bool = False               # x is a spike tensor: event-driven kernels on CPU (``conv2d``)
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
 
@@ -416,5 +469,6 @@ class ConvBN(nn.Module):
         kernel = self.param("kernel", trunc_normal_init(0.02), (k, k, cin // self.groups, self.features),
                             self.param_dtype)
         dtype = self.dtype or x.dtype
-        y = conv2d(x.astype(dtype), kernel.astype(dtype), self.stride, self.padding, self.groups)
+        y = conv2d(x.astype(dtype), kernel.astype(dtype), self.stride, self.padding, self.groups,
+                   events=self.spikes)
         return BatchNorm(dtype=dtype, param_dtype=self.param_dtype, name="bn")(y, train, repeat)

@@ -52,7 +52,7 @@ class Downsample(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         s = Neuron(self.neuron, param_dtype=self.param_dtype, name="lif")(x)
-        return ConvBN(self.features, 3, stride=2, padding=1, dtype=self.dtype,
+        return ConvBN(self.features, 3, stride=2, padding=1, spikes=True, dtype=self.dtype,
                       param_dtype=self.param_dtype, name="conv")(s, train)
 
 

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sresformer_jax import layers
+from sresformer_jax import event_conv, layers
 from sresformer_jax.layers import conv2d, resolve_conv_impl
 
 # (x shape [..., H, W, Cin], k, stride, padding, groups, Cout)
@@ -60,16 +60,18 @@ def _value_and_grads(fn, x, kernel, cotangent):
     return (y,) + vjp(cotangent)
 
 
-def _compare(case, dtype, tol):
+def _compare(case, dtype, tol, impl="slices", spikes=False):
     shape, k, s, p, g, cout = CASES[case]
     x = _normal(shape, dtype)
+    if spikes:                                                   # ~20 % ones, the rest exact zeros
+        x = (x > 0.85).astype(dtype)
     kernel = _normal((k, k, shape[-1] // g, cout), dtype, seed=1)
     y_ref = reference(x, kernel, s, p, g)
     h, w = shape[-3:-1]
     assert y_ref.shape[-3:-1] == ((h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1)
     ct = _normal(y_ref.shape, dtype, seed=2)
     want = _value_and_grads(functools.partial(reference, stride=s, padding=p, groups=g), x, kernel, ct)
-    got = _value_and_grads(functools.partial(conv2d, stride=s, padding=p, groups=g, impl="slices"),
+    got = _value_and_grads(functools.partial(conv2d, stride=s, padding=p, groups=g, impl=impl),
                            x, kernel, ct)
     for name, a, b in zip(("y", "dx", "dkernel"), got, want):
         assert a.shape == b.shape and a.dtype == b.dtype, name
@@ -86,6 +88,30 @@ def test_slices_equals_xla_float64(case, x64):
 @pytest.mark.parametrize("case", F32_CASES)
 def test_slices_equals_xla_float32(case):
     _compare(case, jnp.float32, 1e-5)
+
+
+@pytest.fixture
+def event_kernels():
+    """Skips when no C++ compiler can build the event kernels (their build is tested in test_event_conv)."""
+    try:
+        event_conv._register()
+    except event_conv.EventConvBuildError as err:
+        if "no C++ compiler" in str(err):
+            pytest.skip(str(err))
+        raise
+
+
+@pytest.mark.parametrize("spikes", [True, False], ids=["spikes", "dense"])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_events_equals_xla_float64(case, spikes, x64, event_kernels):
+    """The event kernels (forward and dK) with XLA's dx equal XLA's convolution in value and gradients, for
+    spike inputs and for dense real inputs alike (zeros are skipped, nothing else)."""
+    _compare(case, jnp.float64, 1e-12, impl="events", spikes=spikes)
+
+
+@pytest.mark.parametrize("case", F32_CASES)
+def test_events_equals_xla_float32(case, event_kernels):
+    _compare(case, jnp.float32, 1e-5, impl="events", spikes=True)
 
 
 def test_xla_impl_is_lax_conv():

@@ -1,0 +1,341 @@
+// Event-driven (zero-skipping) convolution of a spike tensor: XLA FFI handlers for the CPU.
+//
+// A spiking layer's input is mostly zeros (3–15 % of the entries fire in SpikingResformer), so a
+// convolution of it is a sum over its events: for every nonzero input x[n, r, q, c] and every tap (i, j)
+// that reads it,
+//
+//   forward:          y[n, a, b, o]  += x[n, r, q, c] · K[i, j, c mod C/g, o]     for the outputs o of c's group
+//   kernel gradient:  dK[i, j, c mod C/g, o] += x[n, r, q, c] · dy[n, a, b, o]
+//
+// with r = s·a + i − p, q = s·b + j − p (stride s, zero padding p).  The work is proportional to the
+// number of events, not to the number of entries; the result equals the dense convolution up to the
+// order of the float additions (any input, not only 0/1: a zero is skipped, everything else is used).
+// The input gradient dx = conv(dy, K̃) is dense and stays with XLA (see layers.py).
+//
+// Layouts: x [N, H, W, C] (NHWC), K [kh, kw, C/g, O] (HWIO, PyTorch's grouping), y/dy [N, Ho, Wo, O].
+// Types: x and K float32, float64 or bfloat16; y, dy and dK float32 (float64 for float64 inputs).
+// Parallel over (image, block of output rows) tasks on XLA's intra-op thread pool; the kernel
+// gradient accumulates one partial per fixed range of tasks and sums them in a fixed order
+// (deterministic).
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <thread>
+#include <type_traits>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+// ---------------------------------------------------------------------------------------------------
+// Element types: loading as the accumulation type, and what counts as "no event".
+template <ffi::DataType D> struct Elem;
+template <> struct Elem<ffi::F32> {
+  using In = float;
+  using Acc = float;
+  static constexpr ffi::DataType kAcc = ffi::F32;
+  static float load(float v) { return v; }
+  static bool nonzero(float v) { return v != 0.0f; }
+};
+template <> struct Elem<ffi::F64> {
+  using In = double;
+  using Acc = double;
+  static constexpr ffi::DataType kAcc = ffi::F64;
+  static double load(double v) { return v; }
+  static bool nonzero(double v) { return v != 0.0; }
+};
+template <> struct Elem<ffi::BF16> {
+  using In = uint16_t;  // bfloat16 bits
+  using Acc = float;
+  static constexpr ffi::DataType kAcc = ffi::F32;
+  static float load(uint16_t b) {
+    uint32_t u = static_cast<uint32_t>(b) << 16;
+    float f;
+    std::memcpy(&f, &u, sizeof f);
+    return f;
+  }
+  static bool nonzero(uint16_t b) { return (b & 0x7fff) != 0; }
+};
+
+// dst[0:n] += v · src[0:n]; the group width (64 in SpikingResformer) gets a fully unrolled loop.
+template <typename A>
+inline void axpy(A* __restrict dst, const A* __restrict src, A v, int64_t n) {
+  if (n == 64) {
+#pragma GCC unroll 64
+    for (int64_t o = 0; o < 64; ++o) dst[o] += v * src[o];
+  } else {
+#pragma GCC ivdep
+    for (int64_t o = 0; o < n; ++o) dst[o] += v * src[o];
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Shapes.
+struct Geometry {
+  int64_t n, h, w, c;          // input
+  int64_t kh, kw, cg, co;      // kernel: [kh, kw, C/g, O]
+  int64_t groups, cgo;         // g, O/g
+  int64_t stride, pad, ho, wo; // output [N, Ho, Wo, O]
+};
+
+ffi::Error make_geometry(ffi::Span<const int64_t> xd, ffi::Span<const int64_t> kd, int64_t stride,
+                         int64_t pad, Geometry* g) {
+  if (xd.size() != 4 || kd.size() != 4)
+    return ffi::Error::InvalidArgument("event_conv: x must be [N, H, W, C] and the kernel [kh, kw, C/g, O]");
+  *g = Geometry{xd[0], xd[1], xd[2], xd[3], kd[0], kd[1], kd[2], kd[3], 0, 0, stride, pad, 0, 0};
+  if (stride < 1 || pad < 0 || g->cg < 1 || g->c % g->cg)
+    return ffi::Error::InvalidArgument("event_conv: C/g = " + std::to_string(g->cg) +
+                                       " does not divide C = " + std::to_string(g->c) +
+                                       ", or stride < 1 or padding < 0");
+  g->groups = g->c / g->cg;
+  if (g->co % g->groups)
+    return ffi::Error::InvalidArgument("event_conv: groups do not divide the output channels");
+  g->cgo = g->co / g->groups;
+  g->ho = (g->h + 2 * pad - g->kh) / stride + 1;
+  g->wo = (g->w + 2 * pad - g->kw) / stride + 1;
+  if (g->ho < 1 || g->wo < 1) return ffi::Error::InvalidArgument("event_conv: empty output");
+  return ffi::Error::Success();
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Parallel tasks on XLA's intra-op pool.  Every worker (the calling thread included) takes tasks from a
+// shared counter, so the caller never waits for a worker that has not started: no deadlock even when
+// the pool is busy.  A worker that starts after the last task was taken returns without touching `f`.
+template <typename F>
+void run_tasks(ffi::ThreadPool& pool, int64_t ntasks, int64_t nworkers, const F& f) {
+  struct State {
+    std::atomic<int64_t> next{0}, done{0};
+  };
+  auto st = std::make_shared<State>();
+  const F* fp = &f;
+  auto work = [st, ntasks, fp](int64_t worker) {
+    int64_t t, count = 0;
+    while ((t = st->next.fetch_add(1)) < ntasks) {
+      (*fp)(worker, t);
+      ++count;
+    }
+    if (count) st->done.fetch_add(count);
+  };
+  for (int64_t w = 1; w < nworkers; ++w) pool.Schedule([work, w] { work(w); });
+  work(0);
+  while (st->done.load() < ntasks) std::this_thread::yield();
+}
+
+// Calls f(c) for every c < n with a nonzero px[c], in increasing order.  With AVX-512, 16 (float) or 32
+// (bfloat16) channels are tested at once: at SpikingResformer's firing rates most blocks have no event.
+template <typename E, typename F>
+inline void for_each_nonzero(const typename E::In* px, int64_t n, const F& f) {
+  int64_t c = 0;
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+  if constexpr (std::is_same_v<typename E::In, float>) {
+    for (; c + 16 <= n; c += 16) {
+      uint32_t m = _mm512_cmp_ps_mask(_mm512_loadu_ps(px + c), _mm512_setzero_ps(), _CMP_NEQ_UQ);
+      for (; m; m &= m - 1) f(c + __builtin_ctz(m));
+    }
+  } else if constexpr (std::is_same_v<typename E::In, uint16_t>) {
+    const __m512i magnitude = _mm512_set1_epi16(0x7fff);
+    for (; c + 32 <= n; c += 32) {
+      uint32_t m = _mm512_test_epi16_mask(_mm512_loadu_si512(px + c), magnitude);
+      for (; m; m &= m - 1) f(c + __builtin_ctz(m));
+    }
+  }
+#endif
+  for (; c < n; ++c)
+    if (E::nonzero(px[c])) f(c);
+}
+
+// The events of a band of input rows of one image: for every pixel, the (kernel offset, output offset,
+// value) of each nonzero channel.
+template <typename A>
+struct Events {
+  std::vector<int32_t> start;           // [rows·W + 1]
+  std::vector<int32_t> koff, ooff;      // kernel row (c mod C/g)·O + group offset; group offset g·O/g
+  std::vector<A> val;
+
+  template <typename E>
+  void build(const typename E::In* x, const Geometry& g, int64_t img, int64_t r0, int64_t r1) {
+    start.assign(1, 0);
+    koff.clear(), ooff.clear(), val.clear();
+    for (int64_t r = r0; r < r1; ++r)
+      for (int64_t q = 0; q < g.w; ++q) {
+        const typename E::In* px = x + ((img * g.h + r) * g.w + q) * g.c;
+        for_each_nonzero<E>(px, g.c, [&](int64_t c) {
+          int64_t grp = c / g.cg;
+          koff.push_back(static_cast<int32_t>((c - grp * g.cg) * g.co + grp * g.cgo));
+          ooff.push_back(static_cast<int32_t>(grp * g.cgo));
+          val.push_back(E::load(px[c]));
+        });
+        start.push_back(static_cast<int32_t>(val.size()));
+      }
+  }
+};
+
+// Visits the events of task `t` (image n, output rows [a0, a1)), output pixel by output pixel:
+// v.begin(pixel), then v.event(tap i·kw + j, kernel offset, output offset, value) for each event that
+// pixel's taps read, then v.end(pixel); pixel indexes [N·Ho·Wo].
+template <typename E, typename V>
+void for_each_event(const typename E::In* x, const Geometry& g, int64_t rows_per_task, int64_t t,
+                    Events<typename E::Acc>& ev, V& v) {
+  int64_t blocks = (g.ho + rows_per_task - 1) / rows_per_task;
+  int64_t img = t / blocks, a0 = (t % blocks) * rows_per_task, a1 = std::min(g.ho, a0 + rows_per_task);
+  int64_t r0 = std::max<int64_t>(0, a0 * g.stride - g.pad);
+  int64_t r1 = std::min<int64_t>(g.h, (a1 - 1) * g.stride - g.pad + g.kh);
+  if (r1 > r0) ev.template build<E>(x, g, img, r0, r1);
+  for (int64_t a = a0; a < a1; ++a)
+    for (int64_t b = 0; b < g.wo; ++b) {
+      int64_t pix = (img * g.ho + a) * g.wo + b;
+      v.begin(pix);
+      for (int64_t i = 0; i < g.kh; ++i) {
+        int64_t r = a * g.stride + i - g.pad;
+        if (r < r0 || r >= r1) continue;
+        for (int64_t j = 0; j < g.kw; ++j) {
+          int64_t q = b * g.stride + j - g.pad;
+          if (q < 0 || q >= g.w) continue;
+          int64_t p = (r - r0) * g.w + q;
+          for (int32_t e = ev.start[p]; e < ev.start[p + 1]; ++e)
+            v.event(i * g.kw + j, ev.koff[e], ev.ooff[e], ev.val[e]);
+        }
+      }
+      v.end(pix);
+    }
+}
+
+int64_t workers(ffi::ThreadPool& pool, int64_t ntasks) {
+  return std::max<int64_t>(1, std::min<int64_t>(pool.num_threads() + 1, ntasks));
+}
+
+int64_t rows_per_task(const Geometry& g, int64_t nthreads) {
+  int64_t target = 4 * std::max<int64_t>(1, nthreads);  // a few tasks per thread, for balance
+  int64_t rows = (g.n * g.ho + target - 1) / target;
+  return std::clamp<int64_t>(rows, 1, g.ho);
+}
+
+template <typename E>
+std::vector<typename E::Acc> widen(const typename E::In* k, size_t count) {
+  std::vector<typename E::Acc> out(count);
+  for (size_t i = 0; i < count; ++i) out[i] = E::load(k[i]);
+  return out;
+}
+
+// y = conv(x, K): every output pixel sums its taps' events.
+template <ffi::DataType D>
+ffi::Error EventConvFwd(ffi::ThreadPool pool, ffi::Buffer<D> x, ffi::Buffer<D> k,
+                        ffi::ResultBuffer<Elem<D>::kAcc> y, int64_t stride, int64_t padding) {
+  using E = Elem<D>;
+  using A = typename E::Acc;
+  Geometry g;
+  if (auto err = make_geometry(x.dimensions(), k.dimensions(), stride, padding, &g); err.failure()) return err;
+  auto yd = y->dimensions();
+  if (yd.size() != 4 || yd[0] != g.n || yd[1] != g.ho || yd[2] != g.wo || yd[3] != g.co)
+    return ffi::Error::InvalidArgument("event_conv: output shape does not match the convolution");
+  std::vector<A> kwide;
+  const A* kern;
+  if constexpr (std::is_same_v<typename E::In, A>) {
+    kern = k.typed_data();
+  } else {
+    kwide = widen<E>(k.typed_data(), k.element_count());
+    kern = kwide.data();
+  }
+  A* out = y->typed_data();
+  const typename E::In* xin = x.typed_data();
+  const int64_t rpt = rows_per_task(g, pool.num_threads());
+  const int64_t ntasks = g.n * ((g.ho + rpt - 1) / rpt);
+  const int64_t nw = workers(pool, ntasks);
+  std::vector<Events<A>> ev(nw);
+  std::vector<std::vector<A>> acc(nw, std::vector<A>(g.co));
+  // Each output pixel is accumulated in a cache-resident row, then written once.
+  struct Visitor {
+    A* acc;
+    A* out;
+    const A* kern;
+    int64_t tap_stride, cgo, co;
+    void begin(int64_t) { std::fill(acc, acc + co, A(0)); }
+    void event(int64_t tap, int32_t ko, int32_t oo, A v) { axpy(acc + oo, kern + tap * tap_stride + ko, v, cgo); }
+    void end(int64_t pix) { std::copy(acc, acc + co, out + pix * co); }
+  };
+  run_tasks(pool, ntasks, nw, [&](int64_t w, int64_t t) {
+    Visitor v{acc[w].data(), out, kern, g.cg * g.co, g.cgo, g.co};
+    for_each_event<E>(xin, g, rpt, t, ev[w], v);
+  });
+  return ffi::Error::Success();
+}
+
+// dK = Σ_events x · dy.
+template <ffi::DataType D>
+ffi::Error EventConvKernelGrad(ffi::ThreadPool pool, ffi::Buffer<D> x, ffi::Buffer<Elem<D>::kAcc> dy,
+                               ffi::ResultBuffer<Elem<D>::kAcc> dk, int64_t stride, int64_t padding) {
+  using E = Elem<D>;
+  using A = typename E::Acc;
+  Geometry g;
+  if (auto err = make_geometry(x.dimensions(), dk->dimensions(), stride, padding, &g); err.failure()) return err;
+  auto dd = dy.dimensions();
+  if (dd.size() != 4 || dd[0] != g.n || dd[1] != g.ho || dd[2] != g.wo || dd[3] != g.co)
+    return ffi::Error::InvalidArgument("event_conv: dy shape does not match the convolution");
+  const typename E::In* xin = x.typed_data();
+  const A* dyp = dy.typed_data();
+  const size_t ksize = dk->element_count();
+  const int64_t rpt = rows_per_task(g, pool.num_threads());
+  const int64_t ntasks = g.n * ((g.ho + rpt - 1) / rpt);
+  const int64_t nw = workers(pool, ntasks);
+  // Tasks are dealt in `nslots` fixed contiguous ranges, each accumulated into its own partial and the
+  // partials summed in slot order: the result does not depend on which worker ran which range.
+  const int64_t nslots = std::min<int64_t>(ntasks, 2 * nw);
+  std::vector<Events<A>> ev(nw);
+  std::vector<std::vector<A>> partial(nslots);
+  struct Visitor {
+    A* acc;
+    const A* dy;
+    const A* dyrow = nullptr;
+    int64_t tap_stride, cgo, co;
+    void begin(int64_t pix) { dyrow = dy + pix * co; }
+    void event(int64_t tap, int32_t ko, int32_t oo, A v) { axpy(acc + tap * tap_stride + ko, dyrow + oo, v, cgo); }
+    void end(int64_t) {}
+  };
+  run_tasks(pool, nslots, nw, [&](int64_t w, int64_t slot) {
+    partial[slot].assign(ksize, A(0));
+    Visitor v{partial[slot].data(), dyp, nullptr, g.cg * g.co, g.cgo, g.co};
+    for (int64_t t = slot * ntasks / nslots; t < (slot + 1) * ntasks / nslots; ++t)
+      for_each_event<E>(xin, g, rpt, t, ev[w], v);
+  });
+  A* out = dk->typed_data();
+  std::fill(out, out + ksize, A(0));
+  for (auto& p : partial)
+    if (!p.empty())
+      for (size_t i = 0; i < ksize; ++i) out[i] += p[i];
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+// One forward and one kernel-gradient handler per input type D (accumulating in Elem<D>::kAcc).
+#define EVENT_CONV_HANDLERS(SUFFIX, D, ACC)                                                         \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(EventConvFwd##SUFFIX, EventConvFwd<D>,                            \
+                                ffi::Ffi::Bind()                                                  \
+                                    .Ctx<ffi::ThreadPool>()                                       \
+                                    .Arg<ffi::Buffer<D>>()                                        \
+                                    .Arg<ffi::Buffer<D>>()                                        \
+                                    .Ret<ffi::Buffer<ACC>>()                                      \
+                                    .Attr<int64_t>("stride")                                      \
+                                    .Attr<int64_t>("padding"));                                   \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(EventConvKernelGrad##SUFFIX, EventConvKernelGrad<D>,              \
+                                ffi::Ffi::Bind()                                                  \
+                                    .Ctx<ffi::ThreadPool>()                                       \
+                                    .Arg<ffi::Buffer<D>>()                                        \
+                                    .Arg<ffi::Buffer<ACC>>()                                      \
+                                    .Ret<ffi::Buffer<ACC>>()                                      \
+                                    .Attr<int64_t>("stride")                                      \
+                                    .Attr<int64_t>("padding"));
+
+EVENT_CONV_HANDLERS(F32, ffi::F32, ffi::F32)
+EVENT_CONV_HANDLERS(F64, ffi::F64, ffi::F64)
+EVENT_CONV_HANDLERS(BF16, ffi::BF16, ffi::F32)

@@ -1,0 +1,173 @@
+"""Event-driven convolution of spike tensors on CPU: compiled zero-skipping kernels behind ``jax.ffi``.
+
+A spiking layer's input is mostly zeros (3–15 % of SpikingResformer's spikes fire), so its convolution is
+a sum over events: for every nonzero x[n, r, q, c] and every tap (i, j) that reads it (r = s·a + i − p,
+q = s·b + j − p),
+
+    y[n, a, b, o]        += x[n, r, q, c] · K[i, j, c mod C/g, o]      (o in c's group; forward)
+    dK[i, j, c mod C/g, o] += x[n, r, q, c] · dy[n, a, b, o]           (kernel gradient)
+
+Work and memory traffic scale with the number of events instead of the number of entries. The values are
+the dense convolution's up to the order of the float additions, for any input (zeros are skipped, every
+other value is used), so float64 parity with the official model holds on this path too. The input gradient
+dx is dense and stays with XLA (``layers``).
+
+The kernels (``csrc/event_conv.cc``, XLA FFI handlers, parallel on XLA's intra-op thread pool) are built
+with the system C++ compiler (``$CXX``, else ``g++``/``c++``/``clang++``) on first use, for the host CPU
+(``-O3 -march=native``), and cached in ``$SRESFORMER_CACHE_DIR`` (default ``~/.cache/sresformer_jax``),
+keyed by the source, the compiler, the flags, jaxlib's FFI headers and the CPU. Selection
+(``SRESFORMER_EVENT_CONV`` or ``EVENT_CONV``; read at trace time):
+
+    auto (default)  on for the CPU backend when the kernels build; otherwise XLA's path, with one warning
+    on              the same, but a failed build raises (with the compiler's message)
+    off             never (XLA's path everywhere)
+
+On GPU/TPU the native convolutions are used (dense; no event kernels there).
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ENV = "SRESFORMER_EVENT_CONV"
+CACHE_ENV = "SRESFORMER_CACHE_DIR"
+MODES = ("auto", "on", "off")
+EVENT_CONV: str | None = None
+"""Process-wide override of ``SRESFORMER_EVENT_CONV`` (``"auto"``, ``"on"``, ``"off"``); ``None`` defers to
+the environment. Read at trace time: set it before a function is jitted."""
+
+SOURCE = Path(__file__).with_name("csrc") / "event_conv.cc"
+CXX_FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno")
+_TYPES = {jnp.dtype(jnp.float32): "F32", jnp.dtype(jnp.float64): "F64", jnp.dtype(jnp.bfloat16): "BF16"}
+
+
+class EventConvBuildError(RuntimeError):
+    """The event-convolution kernels could not be compiled or loaded."""
+
+
+def mode() -> str:
+    m = (EVENT_CONV or os.environ.get(ENV) or "auto").lower()
+    aliases = {"1": "on", "true": "on", "0": "off", "false": "off"}
+    m = aliases.get(m, m)
+    if m not in MODES:
+        raise ValueError(f"{ENV} must be one of {MODES}, got {m!r}")
+    return m
+
+
+def enabled(dtype) -> bool:
+    """Whether a convolution of spikes of ``dtype`` runs on the event kernels (at trace time)."""
+    m = mode()
+    if m == "off" or jax.default_backend() != "cpu" or jnp.dtype(dtype) not in _TYPES:
+        return False
+    try:
+        _register()
+    except EventConvBuildError as err:
+        if m == "on":
+            raise
+        _warn_once(str(err))
+        return False
+    return True
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    warnings.warn(f"event-driven convolution kernels unavailable, using XLA's convolutions: {message}",
+                  RuntimeWarning, stacklevel=3)
+
+
+def _compiler() -> str:
+    for cxx in (os.environ.get("CXX"), "g++", "c++", "clang++"):
+        if cxx and shutil.which(cxx):
+            return cxx
+    raise EventConvBuildError("no C++ compiler found (set $CXX, or install g++; or set "
+                              f"{ENV}=off to use XLA's convolutions)")
+
+
+def _cpu_id() -> str:
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        return next((line for line in info.splitlines() if line.startswith("flags")), "") + platform.processor()
+    except OSError:
+        return platform.machine() + platform.processor()
+
+
+def library_path() -> Path:
+    """The compiled kernels for this host (built now if not cached)."""
+    cxx = _compiler()
+    include = jax.ffi.include_dir()
+    version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
+    header = Path(include, "xla", "ffi", "api", "api.h")
+    key = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), version.encode(), " ".join(CXX_FLAGS).encode(),
+                 header.read_bytes() if header.exists() else b"", _cpu_id().encode()):
+        key.update(part)
+    cache = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "sresformer_jax")
+    lib = cache / f"event_conv_{key.hexdigest()[:20]}.so"
+    if lib.exists():
+        return lib
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:           # build aside, then an atomic rename
+        out = Path(tmp) / lib.name
+        cmd = [cxx, *CXX_FLAGS, "-isystem", include, str(SOURCE), "-o", str(out)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode:
+            raise EventConvBuildError(f"`{' '.join(cmd)}` failed:\n{proc.stderr[-3000:]}")
+        os.replace(out, lib)
+    return lib
+
+
+@functools.cache
+def _register() -> None:
+    try:
+        lib = ctypes.CDLL(str(library_path()))
+    except (OSError, subprocess.SubprocessError) as err:
+        raise EventConvBuildError(str(err)) from err
+    for kind in ("Fwd", "KernelGrad"):
+        for suffix in _TYPES.values():
+            name = f"EventConv{kind}{suffix}"
+            jax.ffi.register_ffi_target(f"sresformer_{name}", jax.ffi.pycapsule(getattr(lib, name)),
+                                        platform="cpu")
+
+
+def _acc_dtype(dtype) -> jnp.dtype:
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def _out_hw(h: int, w: int, k: int, stride: int, padding: int) -> tuple[int, int]:
+    return (h + 2 * padding - k) // stride + 1, (w + 2 * padding - k) // stride + 1
+
+
+def conv(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
+    """y = conv(x, K) over the events of ``x`` [N, H, W, C]; ``kernel`` [k, k, C/g, O] (groups = C / (C/g)),
+    same dtype as x (float32, float64 or bfloat16). Returns [N, Ho, Wo, O] in float32 (float64 for float64).
+    Not differentiable by itself (``layers`` wraps it in a custom VJP)."""
+    _register()
+    n, h, w, _ = x.shape
+    ho, wo = _out_hw(h, w, kernel.shape[0], stride, padding)
+    out = jax.ShapeDtypeStruct((n, ho, wo, kernel.shape[-1]), _acc_dtype(x.dtype))
+    return jax.ffi.ffi_call(f"sresformer_EventConvFwd{_TYPES[jnp.dtype(x.dtype)]}", out,
+                            vmap_method="sequential")(
+        x, kernel.astype(x.dtype), stride=np.int64(stride), padding=np.int64(padding))
+
+
+def kernel_grad(x: jax.Array, dy: jax.Array, kernel_shape: tuple[int, ...], stride: int,
+                padding: int) -> jax.Array:
+    """dK [k, k, C/g, O] = Σ over the events of ``x`` of x · dy (``dy`` [N, Ho, Wo, O]), in float32 (float64
+    for float64 x)."""
+    _register()
+    out = jax.ShapeDtypeStruct(tuple(kernel_shape), _acc_dtype(x.dtype))
+    return jax.ffi.ffi_call(f"sresformer_EventConvKernelGrad{_TYPES[jnp.dtype(x.dtype)]}", out,
+                            vmap_method="sequential")(
+        x, dy.astype(_acc_dtype(x.dtype)), stride=np.int64(stride), padding=np.int64(padding))
