@@ -27,11 +27,11 @@
 #include <type_traits>
 #include <vector>
 
-#include "xla/ffi/api/ffi.h"
-
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
+
+#include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
 
@@ -67,17 +67,35 @@ template <> struct Elem<ffi::BF16> {
   static bool nonzero(uint16_t b) { return (b & 0x7fff) != 0; }
 };
 
-// dst[0:n] += v · src[0:n]; the group width (64 in SpikingResformer) gets a fully unrolled loop.
+// dst[0:n] += v · src[0:n] (the innermost loop of both kernels).
 template <typename A>
 inline void axpy(A* __restrict dst, const A* __restrict src, A v, int64_t n) {
-  if (n == 64) {
-#pragma GCC unroll 64
-    for (int64_t o = 0; o < 64; ++o) dst[o] += v * src[o];
-  } else {
-#pragma GCC ivdep
-    for (int64_t o = 0; o < n; ++o) dst[o] += v * src[o];
+  for (int64_t o = 0; o < n; ++o) dst[o] += v * src[o];
+}
+
+#if defined(__AVX512F__)
+template <>
+inline void axpy<float>(float* __restrict dst, const float* __restrict src, float v, int64_t n) {
+  const __m512 vv = _mm512_set1_ps(v);
+  if (n == 64) {                                  // one SpikingResformer group: four registers
+    __m512 d0 = _mm512_fmadd_ps(vv, _mm512_loadu_ps(src), _mm512_loadu_ps(dst));
+    __m512 d1 = _mm512_fmadd_ps(vv, _mm512_loadu_ps(src + 16), _mm512_loadu_ps(dst + 16));
+    __m512 d2 = _mm512_fmadd_ps(vv, _mm512_loadu_ps(src + 32), _mm512_loadu_ps(dst + 32));
+    __m512 d3 = _mm512_fmadd_ps(vv, _mm512_loadu_ps(src + 48), _mm512_loadu_ps(dst + 48));
+    _mm512_storeu_ps(dst, d0), _mm512_storeu_ps(dst + 16, d1);
+    _mm512_storeu_ps(dst + 32, d2), _mm512_storeu_ps(dst + 48, d3);
+    return;
+  }
+  int64_t o = 0;
+  for (; o + 16 <= n; o += 16)
+    _mm512_storeu_ps(dst + o, _mm512_fmadd_ps(vv, _mm512_loadu_ps(src + o), _mm512_loadu_ps(dst + o)));
+  if (o < n) {
+    const __mmask16 m = static_cast<__mmask16>((1u << (n - o)) - 1);
+    _mm512_mask_storeu_ps(dst + o, m, _mm512_fmadd_ps(vv, _mm512_maskz_loadu_ps(m, src + o),
+                                                      _mm512_maskz_loadu_ps(m, dst + o)));
   }
 }
+#endif
 
 // ---------------------------------------------------------------------------------------------------
 // Shapes.
@@ -158,27 +176,74 @@ inline void for_each_nonzero(const typename E::In* px, int64_t n, const F& f) {
 // value) of each nonzero channel.
 template <typename A>
 struct Events {
-  std::vector<int32_t> start;           // [rows·W + 1]
+  std::vector<int32_t> start;           // [rows·W·g + 1]: events of pixel p, group k from start[p·g + k]
   std::vector<int32_t> koff, ooff;      // kernel row (c mod C/g)·O + group offset; group offset g·O/g
   std::vector<A> val;
 
   template <typename E>
   void build(const typename E::In* x, const Geometry& g, int64_t img, int64_t r0, int64_t r1) {
-    start.assign(1, 0);
-    koff.clear(), ooff.clear(), val.clear();
+    const size_t pixels = static_cast<size_t>((r1 - r0) * g.w), most = pixels * static_cast<size_t>(g.c);
+    if (start.size() < pixels * g.groups + 1) start.resize(pixels * g.groups + 1);
+    if (val.size() < most) koff.resize(most), ooff.resize(most), val.resize(most);   // grows only
+    int32_t* st = start.data();
+    int32_t *ko = koff.data(), *oo = ooff.data();
+    A* va = val.data();
+    int32_t count = 0;
     for (int64_t r = r0; r < r1; ++r)
       for (int64_t q = 0; q < g.w; ++q) {
         const typename E::In* px = x + ((img * g.h + r) * g.w + q) * g.c;
-        for_each_nonzero<E>(px, g.c, [&](int64_t c) {
-          int64_t grp = c / g.cg;
-          koff.push_back(static_cast<int32_t>((c - grp * g.cg) * g.co + grp * g.cgo));
-          ooff.push_back(static_cast<int32_t>(grp * g.cgo));
-          val.push_back(E::load(px[c]));
-        });
-        start.push_back(static_cast<int32_t>(val.size()));
+        for (int64_t grp = 0; grp < g.groups; ++grp) {
+          *st++ = count;
+          const typename E::In* pg = px + grp * g.cg;
+          const int32_t group_out = static_cast<int32_t>(grp * g.cgo);
+          for_each_nonzero<E>(pg, g.cg, [&](int64_t c) {
+            ko[count] = static_cast<int32_t>(c * g.co) + group_out;
+            oo[count] = group_out;
+            va[count] = E::load(pg[c]);
+            ++count;
+          });
+        }
       }
+    *st = count;
   }
 };
+
+// Up to 64 output channels accumulated in registers (forward kernel): zero, then fma(v, K row) per event,
+// then store.  `width` ≤ 64 channels are live (masked beyond).
+template <typename A>
+struct Tile {
+  A r[64];
+  int64_t width;
+  explicit Tile(int64_t w) : width(w) { std::fill(r, r + w, A(0)); }
+  void fma(A v, const A* __restrict src) {
+    for (int64_t o = 0; o < width; ++o) r[o] += v * src[o];
+  }
+  void store(A* dst) const { std::copy(r, r + width, dst); }
+};
+
+#if defined(__AVX512F__)
+template <>
+struct Tile<float> {
+  __m512 r[4];
+  __mmask16 m[4];
+  explicit Tile(int64_t w) {
+    for (int k = 0; k < 4; ++k) {
+      int64_t n = std::clamp<int64_t>(w - 16 * k, 0, 16);
+      m[k] = static_cast<__mmask16>(n == 16 ? 0xFFFF : (1u << n) - 1);
+      r[k] = _mm512_setzero_ps();
+    }
+  }
+  void fma(float v, const float* src) {
+    const __m512 vv = _mm512_set1_ps(v);
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; ++k) r[k] = _mm512_fmadd_ps(vv, _mm512_maskz_loadu_ps(m[k], src + 16 * k), r[k]);
+  }
+  void store(float* dst) const {
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; ++k) _mm512_mask_storeu_ps(dst + 16 * k, m[k], r[k]);
+  }
+};
+#endif
 
 // Visits the events of task `t` (image n, output rows [a0, a1)), output pixel by output pixel:
 // v.begin(pixel), then v.event(tap i·kw + j, kernel offset, output offset, value) for each event that
@@ -202,7 +267,7 @@ void for_each_event(const typename E::In* x, const Geometry& g, int64_t rows_per
           int64_t q = b * g.stride + j - g.pad;
           if (q < 0 || q >= g.w) continue;
           int64_t p = (r - r0) * g.w + q;
-          for (int32_t e = ev.start[p]; e < ev.start[p + 1]; ++e)
+          for (int32_t e = ev.start[p * g.groups]; e < ev.start[(p + 1) * g.groups]; ++e)
             v.event(i * g.kw + j, ev.koff[e], ev.ooff[e], ev.val[e]);
         }
       }
@@ -210,6 +275,7 @@ void for_each_event(const typename E::In* x, const Geometry& g, int64_t rows_per
     }
 }
 
+// The calling thread is one of XLA's pool threads: as many workers as the pool has threads.
 int64_t workers(ffi::ThreadPool& pool, int64_t ntasks) {
   return std::max<int64_t>(1, std::min<int64_t>(pool.num_threads() + 1, ntasks));
 }
@@ -252,20 +318,35 @@ ffi::Error EventConvFwd(ffi::ThreadPool pool, ffi::Buffer<D> x, ffi::Buffer<D> k
   const int64_t ntasks = g.n * ((g.ho + rpt - 1) / rpt);
   const int64_t nw = workers(pool, ntasks);
   std::vector<Events<A>> ev(nw);
-  std::vector<std::vector<A>> acc(nw, std::vector<A>(g.co));
-  // Each output pixel is accumulated in a cache-resident row, then written once.
-  struct Visitor {
-    A* acc;
-    A* out;
-    const A* kern;
-    int64_t tap_stride, cgo, co;
-    void begin(int64_t) { std::fill(acc, acc + co, A(0)); }
-    void event(int64_t tap, int32_t ko, int32_t oo, A v) { axpy(acc + oo, kern + tap * tap_stride + ko, v, cgo); }
-    void end(int64_t pix) { std::copy(acc, acc + co, out + pix * co); }
-  };
+  const int64_t tap_stride = g.cg * g.co;
+  // Per output pixel, group and tile of ≤ 64 output channels: the taps' events accumulated in registers.
   run_tasks(pool, ntasks, nw, [&](int64_t w, int64_t t) {
-    Visitor v{acc[w].data(), out, kern, g.cg * g.co, g.cgo, g.co};
-    for_each_event<E>(xin, g, rpt, t, ev[w], v);
+    Events<A>& e = ev[w];
+    const int64_t bands = (g.ho + rpt - 1) / rpt;
+    const int64_t img = t / bands, a0 = (t % bands) * rpt, a1 = std::min(g.ho, a0 + rpt);
+    const int64_t r0 = std::max<int64_t>(0, a0 * g.stride - g.pad);
+    const int64_t r1 = std::min<int64_t>(g.h, (a1 - 1) * g.stride - g.pad + g.kh);
+    if (r1 > r0) e.template build<E>(xin, g, img, r0, r1);
+    for (int64_t a = a0; a < a1; ++a)
+      for (int64_t b = 0; b < g.wo; ++b) {
+        A* y_pix = out + ((img * g.ho + a) * g.wo + b) * g.co;
+        for (int64_t grp = 0; grp < g.groups; ++grp)
+          for (int64_t o0 = 0; o0 < g.cgo; o0 += 64) {
+            Tile<A> acc(std::min<int64_t>(64, g.cgo - o0));
+            for (int64_t i = 0; i < g.kh; ++i) {
+              const int64_t r = a * g.stride + i - g.pad;
+              if (r < r0 || r >= r1) continue;
+              for (int64_t j = 0; j < g.kw; ++j) {
+                const int64_t q = b * g.stride + j - g.pad;
+                if (q < 0 || q >= g.w) continue;
+                const int64_t p = ((r - r0) * g.w + q) * g.groups + grp;
+                const A* k_tap = kern + (i * g.kw + j) * tap_stride + o0;
+                for (int32_t n = e.start[p]; n < e.start[p + 1]; ++n) acc.fma(e.val[n], k_tap + e.koff[n]);
+              }
+            }
+            acc.store(y_pix + grp * g.cgo + o0);
+          }
+      }
   });
   return ffi::Error::Success();
 }
@@ -289,7 +370,7 @@ ffi::Error EventConvKernelGrad(ffi::ThreadPool pool, ffi::Buffer<D> x, ffi::Buff
   const int64_t nw = workers(pool, ntasks);
   // Tasks are dealt in `nslots` fixed contiguous ranges, each accumulated into its own partial and the
   // partials summed in slot order: the result does not depend on which worker ran which range.
-  const int64_t nslots = std::min<int64_t>(ntasks, 2 * nw);
+  const int64_t nslots = std::min<int64_t>(ntasks, nw);
   std::vector<Events<A>> ev(nw);
   std::vector<std::vector<A>> partial(nslots);
   struct Visitor {
