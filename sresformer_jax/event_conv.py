@@ -134,9 +134,9 @@ def _register() -> None:
         lib = ctypes.CDLL(str(library_path()))
     except (OSError, subprocess.SubprocessError) as err:
         raise EventConvBuildError(str(err)) from err
-    for kind in ("Fwd", "KernelGrad"):
+    for kind in ("EventConvFwd", "EventConvKernelGrad", "DenseConvFwd"):
         for suffix in _TYPES.values():
-            name = f"EventConv{kind}{suffix}"
+            name = f"{kind}{suffix}"
             jax.ffi.register_ffi_target(f"sresformer_{name}", jax.ffi.pycapsule(getattr(lib, name)),
                                         platform="cpu")
 
@@ -171,3 +171,16 @@ def kernel_grad(x: jax.Array, dy: jax.Array, kernel_shape: tuple[int, ...], stri
     return jax.ffi.ffi_call(f"sresformer_EventConvKernelGrad{_TYPES[jnp.dtype(x.dtype)]}", out,
                             vmap_method="sequential")(
         x, dy.astype(_acc_dtype(x.dtype)), stride=np.int64(stride), padding=np.int64(padding))
+
+
+def dense_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
+    """The same convolution as a dense direct one (no event lists; for a dense input such as the gradient dy
+    of the input-gradient convolution): four output pixels share each kernel row, each input value is read
+    once per tap. Same dtypes as ``conv``."""
+    _register()
+    n, h, w, _ = x.shape
+    ho, wo = _out_hw(h, w, kernel.shape[0], stride, padding)
+    out = jax.ShapeDtypeStruct((n, ho, wo, kernel.shape[-1]), _acc_dtype(x.dtype))
+    return jax.ffi.ffi_call(f"sresformer_DenseConvFwd{_TYPES[jnp.dtype(x.dtype)]}", out,
+                            vmap_method="sequential")(
+        x, kernel.astype(x.dtype), stride=np.int64(stride), padding=np.int64(padding))

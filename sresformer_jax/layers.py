@@ -153,7 +153,8 @@ def _event_conv(x, kernel, stride, padding):
 
         y  = Σ_events x · K            (forward, event kernel)
         dK = Σ_events x · dy           (event kernel)
-        dx = conv(dy, K̃)               (dense: ``_conv_input_grad``, XLA)
+        dx = conv(dy, K̃)               (dense: a direct-convolution kernel for stride-1 k×k, k > 1;
+                                        ``_conv_input_grad`` (XLA) otherwise)
     """
     return event_conv.conv(x, kernel, stride, padding)
 
@@ -164,8 +165,11 @@ def _event_conv_fwd(x, kernel, stride, padding):
 
 def _event_conv_bwd(stride, padding, res, dy):
     x, kernel = res
-    groups = x.shape[-1] // kernel.shape[2]
+    k, groups = kernel.shape[0], x.shape[-1] // kernel.shape[2]
     dk = event_conv.kernel_grad(x, dy, kernel.shape, stride, padding).astype(kernel.dtype)
+    if stride == 1 and k > 1:                    # dx = conv(dy, K̃): a dense direct convolution, same kernels
+        dx = event_conv.dense_conv(dy.astype(x.dtype), _transposed_kernel(kernel, groups), 1, k - 1 - padding)
+        return dx.astype(x.dtype), dk
     return _conv_input_grad(dy, kernel, x, stride, padding, groups), dk
 
 

@@ -396,6 +396,134 @@ ffi::Error EventConvKernelGrad(ffi::ThreadPool pool, ffi::Buffer<D> x, ffi::Buff
   return ffi::Error::Success();
 }
 
+// ---------------------------------------------------------------------------------------------------
+// Dense direct convolution (no events): the input gradient dx = conv(dy, K̃) of a stride-1 convolution,
+// whose dy has no zeros to skip.  Four output pixels of a row share every kernel row loaded (16
+// accumulator registers per 64-channel tile); each input value is read once per tap, with no shifted
+// copies of the activation.
+template <typename A>
+struct Quad {
+  Tile<A> t[4];
+  explicit Quad(int64_t w) : t{Tile<A>(w), Tile<A>(w), Tile<A>(w), Tile<A>(w)} {}
+  void fma(const A* krow, A v0, A v1, A v2, A v3) {
+    t[0].fma(v0, krow), t[1].fma(v1, krow), t[2].fma(v2, krow), t[3].fma(v3, krow);
+  }
+  void store(int p, A* dst) const { t[p].store(dst); }
+};
+
+#if defined(__AVX512F__)
+// The float32 tile with its 16 accumulators as local variables (held in registers across the taps).
+template <typename E>
+void dense_tile_f32(const Geometry& g, const typename E::In* const* rows[], const float* k_tile,
+                    int64_t width, float* const dst[4], int64_t np) {
+  __mmask16 m[4];
+  for (int k = 0; k < 4; ++k) {
+    int64_t n = std::clamp<int64_t>(width - 16 * k, 0, 16);
+    m[k] = static_cast<__mmask16>(n == 16 ? 0xFFFF : (1u << n) - 1);
+  }
+#define ZERO4(p) __m512 r##p##0 = _mm512_setzero_ps(), r##p##1 = r##p##0, r##p##2 = r##p##0, r##p##3 = r##p##0;
+  ZERO4(0) ZERO4(1) ZERO4(2) ZERO4(3)
+#undef ZERO4
+  const int64_t taps = g.kh * g.kw, tap_stride = g.cg * g.co;
+  for (int64_t tap = 0; tap < taps; ++tap) {
+    const typename E::In* const* xp = rows[tap];
+    if (!xp) continue;                                  // the whole tap row is outside the image
+    const float* kt = k_tile + tap * tap_stride;
+    for (int64_t c = 0; c < g.cg; ++c, kt += g.co) {
+      const __m512 k0 = _mm512_maskz_loadu_ps(m[0], kt), k1 = _mm512_maskz_loadu_ps(m[1], kt + 16),
+                   k2 = _mm512_maskz_loadu_ps(m[2], kt + 32), k3 = _mm512_maskz_loadu_ps(m[3], kt + 48);
+#define FMA4(p)                                                   \
+  {                                                               \
+    const __m512 b = _mm512_set1_ps(E::load(xp[p][c]));           \
+    r##p##0 = _mm512_fmadd_ps(b, k0, r##p##0);                    \
+    r##p##1 = _mm512_fmadd_ps(b, k1, r##p##1);                    \
+    r##p##2 = _mm512_fmadd_ps(b, k2, r##p##2);                    \
+    r##p##3 = _mm512_fmadd_ps(b, k3, r##p##3);                    \
+  }
+      FMA4(0) FMA4(1) FMA4(2) FMA4(3)
+#undef FMA4
+    }
+  }
+#define STORE4(p)                                                                                    \
+  if (p < np) {                                                                                      \
+    _mm512_mask_storeu_ps(dst[p], m[0], r##p##0), _mm512_mask_storeu_ps(dst[p] + 16, m[1], r##p##1); \
+    _mm512_mask_storeu_ps(dst[p] + 32, m[2], r##p##2), _mm512_mask_storeu_ps(dst[p] + 48, m[3], r##p##3); \
+  }
+  STORE4(0) STORE4(1) STORE4(2) STORE4(3)
+#undef STORE4
+}
+#endif
+
+template <ffi::DataType D>
+ffi::Error DenseConvFwd(ffi::ThreadPool pool, ffi::Buffer<D> x, ffi::Buffer<D> k,
+                        ffi::ResultBuffer<Elem<D>::kAcc> y, int64_t stride, int64_t padding) {
+  using E = Elem<D>;
+  using A = typename E::Acc;
+  using In = typename E::In;
+  Geometry g;
+  if (auto err = make_geometry(x.dimensions(), k.dimensions(), stride, padding, &g); err.failure()) return err;
+  auto yd = y->dimensions();
+  if (yd.size() != 4 || yd[0] != g.n || yd[1] != g.ho || yd[2] != g.wo || yd[3] != g.co)
+    return ffi::Error::InvalidArgument("dense_conv: output shape does not match the convolution");
+  std::vector<A> kwide;
+  const A* kern;
+  if constexpr (std::is_same_v<In, A>) {
+    kern = k.typed_data();
+  } else {
+    kwide = widen<E>(k.typed_data(), k.element_count());
+    kern = kwide.data();
+  }
+  A* out = y->typed_data();
+  const In* xin = x.typed_data();
+  const std::vector<In> zeros(g.c, In(0));          // the input row of a pixel outside the image
+  const int64_t ntasks = g.n * g.ho, nw = workers(pool, ntasks), tap_stride = g.cg * g.co;
+  run_tasks(pool, ntasks, nw, [&](int64_t, int64_t t) {
+    const int64_t img = t / g.ho, a = t % g.ho;
+    std::vector<const In*> ptrs(4 * g.kh * g.kw);
+    std::vector<const In* const*> rows(g.kh * g.kw);
+    for (int64_t b0 = 0; b0 < g.wo; b0 += 4) {
+      const int64_t np = std::min<int64_t>(4, g.wo - b0);
+      for (int64_t grp = 0; grp < g.groups; ++grp) {
+        // per tap: the input rows of the four output pixels (a zero row outside the image)
+        for (int64_t i = 0; i < g.kh; ++i)
+          for (int64_t j = 0; j < g.kw; ++j) {
+            const int64_t tap = i * g.kw + j, r = a * g.stride + i - g.pad;
+            rows[tap] = (r < 0 || r >= g.h) ? nullptr : &ptrs[4 * tap];
+            for (int64_t p = 0; p < 4; ++p) {
+              const int64_t q = (b0 + p) * g.stride + j - g.pad;
+              ptrs[4 * tap + p] = (rows[tap] && p < np && q >= 0 && q < g.w)
+                                      ? xin + ((img * g.h + r) * g.w + q) * g.c + grp * g.cg
+                                      : zeros.data();
+            }
+          }
+        for (int64_t o0 = 0; o0 < g.cgo; o0 += 64) {
+          const int64_t width = std::min<int64_t>(64, g.cgo - o0);
+          A* dst[4];
+          for (int64_t p = 0; p < 4; ++p)
+            dst[p] = out + ((img * g.ho + a) * g.wo + b0 + std::min(p, np - 1)) * g.co + grp * g.cgo + o0;
+          const A* k_tile = kern + grp * g.cgo + o0;
+#if defined(__AVX512F__)
+          if constexpr (std::is_same_v<A, float>) {
+            dense_tile_f32<E>(g, rows.data(), k_tile, width, dst, np);
+            continue;
+          }
+#endif
+          Quad<A> acc(width);
+          for (int64_t tap = 0; tap < g.kh * g.kw; ++tap) {
+            if (!rows[tap]) continue;
+            const In* const* xp = rows[tap];
+            for (int64_t c = 0; c < g.cg; ++c)
+              acc.fma(k_tile + tap * tap_stride + c * g.co, E::load(xp[0][c]), E::load(xp[1][c]),
+                      E::load(xp[2][c]), E::load(xp[3][c]));
+          }
+          for (int64_t p = 0; p < np; ++p) acc.store(static_cast<int>(p), dst[p]);
+        }
+      }
+    }
+  });
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 // One forward and one kernel-gradient handler per input type D (accumulating in Elem<D>::kAcc).
@@ -417,6 +545,19 @@ ffi::Error EventConvKernelGrad(ffi::ThreadPool pool, ffi::Buffer<D> x, ffi::Buff
                                     .Attr<int64_t>("stride")                                      \
                                     .Attr<int64_t>("padding"));
 
+#define DENSE_CONV_HANDLER(SUFFIX, D, ACC)                                                          \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(DenseConvFwd##SUFFIX, DenseConvFwd<D>,                            \
+                                ffi::Ffi::Bind()                                                  \
+                                    .Ctx<ffi::ThreadPool>()                                       \
+                                    .Arg<ffi::Buffer<D>>()                                        \
+                                    .Arg<ffi::Buffer<D>>()                                        \
+                                    .Ret<ffi::Buffer<ACC>>()                                      \
+                                    .Attr<int64_t>("stride")                                      \
+                                    .Attr<int64_t>("padding"));
+
 EVENT_CONV_HANDLERS(F32, ffi::F32, ffi::F32)
 EVENT_CONV_HANDLERS(F64, ffi::F64, ffi::F64)
 EVENT_CONV_HANDLERS(BF16, ffi::BF16, ffi::F32)
+DENSE_CONV_HANDLER(F32, ffi::F32, ffi::F32)
+DENSE_CONV_HANDLER(F64, ffi::F64, ffi::F64)
+DENSE_CONV_HANDLER(BF16, ffi::BF16, ffi::F32)
