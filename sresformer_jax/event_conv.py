@@ -149,17 +149,20 @@ def _out_hw(h: int, w: int, k: int, stride: int, padding: int) -> tuple[int, int
     return (h + 2 * padding - k) // stride + 1, (w + 2 * padding - k) // stride + 1
 
 
-def conv(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
-    """y = conv(x, K) over the events of ``x`` [N, H, W, C]; ``kernel`` [k, k, C/g, O] (groups = C / (C/g)),
-    same dtype as x (float32, float64 or bfloat16). Returns [N, Ho, Wo, O] in float32 (float64 for float64).
-    Not differentiable by itself (``layers`` wraps it in a custom VJP)."""
+def _conv_call(target: str, x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
     _register()
     n, h, w, _ = x.shape
     ho, wo = _out_hw(h, w, kernel.shape[0], stride, padding)
     out = jax.ShapeDtypeStruct((n, ho, wo, kernel.shape[-1]), _acc_dtype(x.dtype))
-    return jax.ffi.ffi_call(f"sresformer_EventConvFwd{_TYPES[jnp.dtype(x.dtype)]}", out,
-                            vmap_method="sequential")(
+    return jax.ffi.ffi_call(f"sresformer_{target}{_TYPES[jnp.dtype(x.dtype)]}", out, vmap_method="sequential")(
         x, kernel.astype(x.dtype), stride=np.int64(stride), padding=np.int64(padding))
+
+
+def conv(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
+    """y = conv(x, K) over the events of ``x`` [N, H, W, C]; ``kernel`` [k, k, C/g, O] (groups = C / (C/g)),
+    same dtype as x (float32, float64 or bfloat16). Returns [N, Ho, Wo, O] in float32 (float64 for float64).
+    Not differentiable by itself (``layers`` wraps it in a custom VJP)."""
+    return _conv_call("EventConvFwd", x, kernel, stride, padding)
 
 
 def kernel_grad(x: jax.Array, dy: jax.Array, kernel_shape: tuple[int, ...], stride: int,
@@ -177,10 +180,4 @@ def dense_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> ja
     """The same convolution as a dense direct one (no event lists; for a dense input such as the gradient dy
     of the input-gradient convolution): four output pixels share each kernel row, each input value is read
     once per tap. Same dtypes as ``conv``."""
-    _register()
-    n, h, w, _ = x.shape
-    ho, wo = _out_hw(h, w, kernel.shape[0], stride, padding)
-    out = jax.ShapeDtypeStruct((n, ho, wo, kernel.shape[-1]), _acc_dtype(x.dtype))
-    return jax.ffi.ffi_call(f"sresformer_DenseConvFwd{_TYPES[jnp.dtype(x.dtype)]}", out,
-                            vmap_method="sequential")(
-        x, kernel.astype(x.dtype), stride=np.int64(stride), padding=np.int64(padding))
+    return _conv_call("DenseConvFwd", x, kernel, stride, padding)

@@ -34,3 +34,17 @@ def x64():
     """Enables float64 for one test only."""
     with jax.enable_x64(True):
         yield
+
+
+@pytest.fixture(scope="session")
+def event_kernels():
+    """Builds the event-convolution kernels; skips only when no C++ compiler exists to build them (their
+    build and fallback are tested in test_event_conv.py)."""
+    from sresformer_jax import event_conv
+
+    try:
+        event_conv._register()
+    except event_conv.EventConvBuildError as err:
+        if "no C++ compiler" in str(err):
+            pytest.skip(str(err))
+        raise

@@ -16,14 +16,7 @@ import pytest
 from sresformer_jax import event_conv, layers
 
 
-@pytest.fixture(scope="module", autouse=True)
-def kernels():
-    try:
-        event_conv._register()
-    except event_conv.EventConvBuildError as err:
-        if "no C++ compiler" in str(err):
-            pytest.skip(str(err))
-        raise
+pytestmark = pytest.mark.usefixtures("event_kernels")
 
 
 def _spikes(shape, rate, dtype=jnp.float32, seed=0):

@@ -90,17 +90,6 @@ def test_slices_equals_xla_float32(case):
     _compare(case, jnp.float32, 1e-5)
 
 
-@pytest.fixture
-def event_kernels():
-    """Skips when no C++ compiler can build the event kernels (their build is tested in test_event_conv)."""
-    try:
-        event_conv._register()
-    except event_conv.EventConvBuildError as err:
-        if "no C++ compiler" in str(err):
-            pytest.skip(str(err))
-        raise
-
-
 @pytest.mark.parametrize("spikes", [True, False], ids=["spikes", "dense"])
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_events_equals_xla_float64(case, spikes, x64, event_kernels):

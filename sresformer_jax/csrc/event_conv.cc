@@ -40,20 +40,16 @@ namespace {
 // ---------------------------------------------------------------------------------------------------
 // Element types: loading as the accumulation type, and what counts as "no event".
 template <ffi::DataType D> struct Elem;
-template <> struct Elem<ffi::F32> {
-  using In = float;
-  using Acc = float;
-  static constexpr ffi::DataType kAcc = ffi::F32;
-  static float load(float v) { return v; }
-  static bool nonzero(float v) { return v != 0.0f; }
+template <typename T, ffi::DataType ACC>
+struct NativeElem {
+  using In = T;
+  using Acc = T;
+  static constexpr ffi::DataType kAcc = ACC;
+  static T load(T v) { return v; }
+  static bool nonzero(T v) { return v != T(0); }
 };
-template <> struct Elem<ffi::F64> {
-  using In = double;
-  using Acc = double;
-  static constexpr ffi::DataType kAcc = ffi::F64;
-  static double load(double v) { return v; }
-  static bool nonzero(double v) { return v != 0.0; }
-};
+template <> struct Elem<ffi::F32> : NativeElem<float, ffi::F32> {};
+template <> struct Elem<ffi::F64> : NativeElem<double, ffi::F64> {};
 template <> struct Elem<ffi::BF16> {
   using In = uint16_t;  // bfloat16 bits
   using Acc = float;
@@ -293,6 +289,25 @@ std::vector<typename E::Acc> widen(const typename E::In* k, size_t count) {
   return out;
 }
 
+// Shapes checked, and the kernel in the accumulation type (widened once from bfloat16), for both forwards.
+template <ffi::DataType D>
+ffi::Error forward_setup(const ffi::Buffer<D>& x, const ffi::Buffer<D>& k, ffi::Span<const int64_t> yd,
+                         int64_t stride, int64_t padding,
+                         Geometry* g, std::vector<typename Elem<D>::Acc>* kwide,
+                         const typename Elem<D>::Acc** kern) {
+  using E = Elem<D>;
+  if (auto err = make_geometry(x.dimensions(), k.dimensions(), stride, padding, g); err.failure()) return err;
+  if (yd.size() != 4 || yd[0] != g->n || yd[1] != g->ho || yd[2] != g->wo || yd[3] != g->co)
+    return ffi::Error::InvalidArgument("event_conv: output shape does not match the convolution");
+  if constexpr (std::is_same_v<typename E::In, typename E::Acc>) {
+    *kern = k.typed_data();
+  } else {
+    *kwide = widen<E>(k.typed_data(), k.element_count());
+    *kern = kwide->data();
+  }
+  return ffi::Error::Success();
+}
+
 // y = conv(x, K): every output pixel sums its taps' events.
 template <ffi::DataType D>
 ffi::Error EventConvFwd(ffi::ThreadPool pool, ffi::Buffer<D> x, ffi::Buffer<D> k,
@@ -300,18 +315,9 @@ ffi::Error EventConvFwd(ffi::ThreadPool pool, ffi::Buffer<D> x, ffi::Buffer<D> k
   using E = Elem<D>;
   using A = typename E::Acc;
   Geometry g;
-  if (auto err = make_geometry(x.dimensions(), k.dimensions(), stride, padding, &g); err.failure()) return err;
-  auto yd = y->dimensions();
-  if (yd.size() != 4 || yd[0] != g.n || yd[1] != g.ho || yd[2] != g.wo || yd[3] != g.co)
-    return ffi::Error::InvalidArgument("event_conv: output shape does not match the convolution");
   std::vector<A> kwide;
   const A* kern;
-  if constexpr (std::is_same_v<typename E::In, A>) {
-    kern = k.typed_data();
-  } else {
-    kwide = widen<E>(k.typed_data(), k.element_count());
-    kern = kwide.data();
-  }
+  if (auto err = forward_setup<D>(x, k, y->dimensions(), stride, padding, &g, &kwide, &kern); err.failure()) return err;
   A* out = y->typed_data();
   const typename E::In* xin = x.typed_data();
   const int64_t rpt = rows_per_task(g, pool.num_threads());
@@ -461,18 +467,9 @@ ffi::Error DenseConvFwd(ffi::ThreadPool pool, ffi::Buffer<D> x, ffi::Buffer<D> k
   using A = typename E::Acc;
   using In = typename E::In;
   Geometry g;
-  if (auto err = make_geometry(x.dimensions(), k.dimensions(), stride, padding, &g); err.failure()) return err;
-  auto yd = y->dimensions();
-  if (yd.size() != 4 || yd[0] != g.n || yd[1] != g.ho || yd[2] != g.wo || yd[3] != g.co)
-    return ffi::Error::InvalidArgument("dense_conv: output shape does not match the convolution");
   std::vector<A> kwide;
   const A* kern;
-  if constexpr (std::is_same_v<In, A>) {
-    kern = k.typed_data();
-  } else {
-    kwide = widen<E>(k.typed_data(), k.element_count());
-    kern = kwide.data();
-  }
+  if (auto err = forward_setup<D>(x, k, y->dimensions(), stride, padding, &g, &kwide, &kern); err.failure()) return err;
   A* out = y->typed_data();
   const In* xin = x.typed_data();
   const std::vector<In> zeros(g.c, In(0));          // the input row of a pixel outside the image
@@ -526,38 +523,22 @@ ffi::Error DenseConvFwd(ffi::ThreadPool pool, ffi::Buffer<D> x, ffi::Buffer<D> k
 
 }  // namespace
 
-// One forward and one kernel-gradient handler per input type D (accumulating in Elem<D>::kAcc).
-#define EVENT_CONV_HANDLERS(SUFFIX, D, ACC)                                                         \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(EventConvFwd##SUFFIX, EventConvFwd<D>,                            \
-                                ffi::Ffi::Bind()                                                  \
-                                    .Ctx<ffi::ThreadPool>()                                       \
-                                    .Arg<ffi::Buffer<D>>()                                        \
-                                    .Arg<ffi::Buffer<D>>()                                        \
-                                    .Ret<ffi::Buffer<ACC>>()                                      \
-                                    .Attr<int64_t>("stride")                                      \
-                                    .Attr<int64_t>("padding"));                                   \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(EventConvKernelGrad##SUFFIX, EventConvKernelGrad<D>,              \
-                                ffi::Ffi::Bind()                                                  \
-                                    .Ctx<ffi::ThreadPool>()                                       \
-                                    .Arg<ffi::Buffer<D>>()                                        \
-                                    .Arg<ffi::Buffer<ACC>>()                                      \
-                                    .Ret<ffi::Buffer<ACC>>()                                      \
-                                    .Attr<int64_t>("stride")                                      \
+// Handlers per input type D (SUFFIX F32, F64, BF16), accumulating in ACC: the event forward, the event
+// kernel gradient (second operand dy in ACC) and the dense forward.
+#define CONV_HANDLER(NAME, SUFFIX, D, ARG2, ACC)                            \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NAME##SUFFIX, NAME<D>,                      \
+                                ffi::Ffi::Bind()                            \
+                                    .Ctx<ffi::ThreadPool>()                 \
+                                    .Arg<ffi::Buffer<D>>()                  \
+                                    .Arg<ffi::Buffer<ARG2>>()               \
+                                    .Ret<ffi::Buffer<ACC>>()                \
+                                    .Attr<int64_t>("stride")                \
                                     .Attr<int64_t>("padding"));
+#define CONV_HANDLERS(SUFFIX, D, ACC)                    \
+  CONV_HANDLER(EventConvFwd, SUFFIX, D, D, ACC)          \
+  CONV_HANDLER(EventConvKernelGrad, SUFFIX, D, ACC, ACC) \
+  CONV_HANDLER(DenseConvFwd, SUFFIX, D, D, ACC)
 
-#define DENSE_CONV_HANDLER(SUFFIX, D, ACC)                                                          \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(DenseConvFwd##SUFFIX, DenseConvFwd<D>,                            \
-                                ffi::Ffi::Bind()                                                  \
-                                    .Ctx<ffi::ThreadPool>()                                       \
-                                    .Arg<ffi::Buffer<D>>()                                        \
-                                    .Arg<ffi::Buffer<D>>()                                        \
-                                    .Ret<ffi::Buffer<ACC>>()                                      \
-                                    .Attr<int64_t>("stride")                                      \
-                                    .Attr<int64_t>("padding"));
-
-EVENT_CONV_HANDLERS(F32, ffi::F32, ffi::F32)
-EVENT_CONV_HANDLERS(F64, ffi::F64, ffi::F64)
-EVENT_CONV_HANDLERS(BF16, ffi::BF16, ffi::F32)
-DENSE_CONV_HANDLER(F32, ffi::F32, ffi::F32)
-DENSE_CONV_HANDLER(F64, ffi::F64, ffi::F64)
-DENSE_CONV_HANDLER(BF16, ffi::BF16, ffi::F32)
+CONV_HANDLERS(F32, ffi::F32, ffi::F32)
+CONV_HANDLERS(F64, ffi::F64, ffi::F64)
+CONV_HANDLERS(BF16, ffi::BF16, ffi::F32)
