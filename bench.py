@@ -192,7 +192,7 @@ def _timed(fn, n: int) -> list[float]:
     return out
 
 
-def calibrated_batch_stats(model, variables: dict, images, momentum: float = 0.1) -> dict:
+def calibrated_batch_stats(model, variables: dict, images) -> dict:
     """``variables`` with every BatchNorm's running statistics set to those of a training-mode forward on
     ``images`` (each layer's batch statistics, recovered exactly from one running update r' = (1 − m)·r +
     m·s). Evaluation then fires like the training step. An untrained model's running statistics make it
@@ -200,6 +200,9 @@ def calibrated_batch_stats(model, variables: dict, images, momentum: float = 0.1
     flatter the evaluation step."""
     import jax
 
+    from sresformer_jax.layers import BatchNorm
+
+    momentum = BatchNorm.momentum                     # the model's BatchNorms use the default
     _, new = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats", "firing_rates"]))(
         variables, images)
     stats = jax.tree.map(lambda r1, r0: (r1 - (1 - momentum) * r0) / momentum, new["batch_stats"],

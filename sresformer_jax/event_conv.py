@@ -10,7 +10,8 @@ q = s·b + j − p),
 Work and memory traffic scale with the number of events instead of the number of entries. The values are
 the dense convolution's up to the order of the float additions, for any input (zeros are skipped, every
 other value is used), so float64 parity with the official model holds on this path too. The input gradient
-dx is dense and stays with XLA (``layers``).
+dx is dense: for stride-1 k×k convolutions ``dense_conv`` (a direct convolution of dy) computes it, otherwise
+XLA (``layers._conv_input_grad``).
 
 The kernels (``csrc/event_conv.cc``, XLA FFI handlers, parallel on XLA's intra-op thread pool) are built
 with the system C++ compiler (``$CXX``, else ``g++``/``c++``/``clang++``) on first use, for the host CPU
@@ -153,35 +154,36 @@ def _out_hw(h: int, w: int, k: int, stride: int, padding: int) -> tuple[int, int
     return (h + 2 * padding - k) // stride + 1, (w + 2 * padding - k) // stride + 1
 
 
-def _conv_call(target: str, x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
+def _call(target: str, out_shape: tuple[int, ...], x: jax.Array, operand: jax.Array, operand_dtype,
+          stride: int, padding: int) -> jax.Array:
+    """One FFI call: ``target`` for x's dtype on (x, operand), result ``out_shape`` in the accumulation type."""
     _register()
-    n, h, w, _ = x.shape
-    ho, wo = _out_hw(h, w, kernel.shape[0], stride, padding)
-    out = jax.ShapeDtypeStruct((n, ho, wo, kernel.shape[-1]), _acc_dtype(x.dtype))
+    out = jax.ShapeDtypeStruct(tuple(out_shape), _acc_dtype(x.dtype))
     return jax.ffi.ffi_call(f"sresformer_{target}{_TYPES[jnp.dtype(x.dtype)]}", out, vmap_method="sequential")(
-        x, kernel.astype(x.dtype), stride=np.int64(stride), padding=np.int64(padding))
+        x, operand.astype(operand_dtype), stride=np.int64(stride), padding=np.int64(padding))
+
+
+def _conv_shape(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> tuple[int, ...]:
+    n, h, w, _ = x.shape
+    return (n,) + _out_hw(h, w, kernel.shape[0], stride, padding) + (kernel.shape[-1],)
 
 
 def conv(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
     """y = conv(x, K) over the events of ``x`` [N, H, W, C]; ``kernel`` [k, k, C/g, O] (groups = C / (C/g)),
     same dtype as x (float32, float64 or bfloat16). Returns [N, Ho, Wo, O] in float32 (float64 for float64).
     Not differentiable by itself (``layers`` wraps it in a custom VJP)."""
-    return _conv_call("EventConvFwd", x, kernel, stride, padding)
+    return _call("EventConvFwd", _conv_shape(x, kernel, stride, padding), x, kernel, x.dtype, stride, padding)
 
 
 def kernel_grad(x: jax.Array, dy: jax.Array, kernel_shape: tuple[int, ...], stride: int,
                 padding: int) -> jax.Array:
     """dK [k, k, C/g, O] = Σ over the events of ``x`` of x · dy (``dy`` [N, Ho, Wo, O]), in float32 (float64
     for float64 x)."""
-    _register()
-    out = jax.ShapeDtypeStruct(tuple(kernel_shape), _acc_dtype(x.dtype))
-    return jax.ffi.ffi_call(f"sresformer_EventConvKernelGrad{_TYPES[jnp.dtype(x.dtype)]}", out,
-                            vmap_method="sequential")(
-        x, dy.astype(_acc_dtype(x.dtype)), stride=np.int64(stride), padding=np.int64(padding))
+    return _call("EventConvKernelGrad", kernel_shape, x, dy, _acc_dtype(x.dtype), stride, padding)
 
 
 def dense_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
     """The same convolution as a dense direct one (no event lists; for a dense input such as the gradient dy
     of the input-gradient convolution): four output pixels share each kernel row, each input value is read
     once per tap. Same dtypes as ``conv``."""
-    return _conv_call("DenseConvFwd", x, kernel, stride, padding)
+    return _call("DenseConvFwd", _conv_shape(x, kernel, stride, padding), x, kernel, x.dtype, stride, padding)

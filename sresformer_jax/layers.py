@@ -165,26 +165,27 @@ def _event_conv_fwd(x, kernel, stride, padding):
 
 def _event_conv_bwd(stride, padding, res, dy):
     x, kernel = res
-    k, groups = kernel.shape[0], x.shape[-1] // kernel.shape[2]
+    groups = x.shape[-1] // kernel.shape[2]
     dk = event_conv.kernel_grad(x, dy, kernel.shape, stride, padding).astype(kernel.dtype)
-    if stride == 1 and k > 1:                    # dx = conv(dy, K̃): a dense direct convolution, same kernels
-        dx = event_conv.dense_conv(dy.astype(x.dtype), _transposed_kernel(kernel, groups), 1, k - 1 - padding)
-        return dx.astype(x.dtype), dk
-    return _conv_input_grad(dy, kernel, x, stride, padding, groups), dk
+    return _conv_input_grad(dy, kernel, x, stride, padding, groups, direct=True), dk
 
 
 _event_conv.defvjp(_event_conv_fwd, _event_conv_bwd)
 
 
 def _conv_input_grad(dy: jax.Array, kernel: jax.Array, x: jax.Array, stride: int, padding: int,
-                     groups: int) -> jax.Array:
+                     groups: int, direct: bool = False) -> jax.Array:
     """dx of the convolution (its transpose in x; only x's shape and dtype are used). Stride 1: the forward
-    convolution of dy with the flipped, in/out-swapped kernel (``_transposed_kernel``), padding k − 1 − p;
+    convolution of dy with the flipped, in/out-swapped kernel (``_transposed_kernel``), padding k − 1 − p —
+    with ``direct`` and k > 1 on the direct-convolution kernel (``event_conv.dense_conv``), else as matmuls;
     other strides: the transpose of the slices lowering (XLA drops its unused forward)."""
     k = kernel.shape[0]
     if stride == 1:
-        dy = dy.astype(x.dtype)                  # low precision: the backward matmuls take the bf16 path too
-        dx = _conv_groups(dy, _transposed_kernel(kernel, groups), 1, k - 1 - padding, groups, bits=True)
+        dy, kt = dy.astype(x.dtype), _transposed_kernel(kernel, groups)   # low precision: bf16 products too
+        if direct and k > 1:
+            dx = event_conv.dense_conv(dy, kt, 1, k - 1 - padding)
+        else:
+            dx = _conv_groups(dy, kt, 1, k - 1 - padding, groups, bits=True)
         return dx.astype(x.dtype)
     return jax.vjp(lambda x_: _conv_groups(x_, kernel, stride, padding, groups), x)[1](dy)[0]
 

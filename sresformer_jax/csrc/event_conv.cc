@@ -168,21 +168,21 @@ inline void for_each_nonzero(const typename E::In* px, int64_t n, const F& f) {
     if (E::nonzero(px[c])) f(c);
 }
 
-// The events of a band of input rows of one image: for every pixel, the (kernel offset, output offset,
-// value) of each nonzero channel.
+// The events of a band of input rows of one image: for every pixel and group, the kernel offset
+// ((c mod C/g)·O + g·O/g) and the value of each nonzero channel.
 template <typename A>
 struct Events {
   std::vector<int32_t> start;           // [rows·W·g + 1]: events of pixel p, group k from start[p·g + k]
-  std::vector<int32_t> koff, ooff;      // kernel row (c mod C/g)·O + group offset; group offset g·O/g
+  std::vector<int32_t> koff;
   std::vector<A> val;
 
   template <typename E>
   void build(const typename E::In* x, const Geometry& g, int64_t img, int64_t r0, int64_t r1) {
     const size_t pixels = static_cast<size_t>((r1 - r0) * g.w), most = pixels * static_cast<size_t>(g.c);
     if (start.size() < pixels * g.groups + 1) start.resize(pixels * g.groups + 1);
-    if (val.size() < most) koff.resize(most), ooff.resize(most), val.resize(most);   // grows only
+    if (val.size() < most) koff.resize(most), val.resize(most);   // grows only
     int32_t* st = start.data();
-    int32_t *ko = koff.data(), *oo = ooff.data();
+    int32_t* ko = koff.data();
     A* va = val.data();
     int32_t count = 0;
     for (int64_t r = r0; r < r1; ++r)
@@ -194,7 +194,6 @@ struct Events {
           const int32_t group_out = static_cast<int32_t>(grp * g.cgo);
           for_each_nonzero<E>(pg, g.cg, [&](int64_t c) {
             ko[count] = static_cast<int32_t>(c * g.co) + group_out;
-            oo[count] = group_out;
             va[count] = E::load(pg[c]);
             ++count;
           });
@@ -241,34 +240,32 @@ struct Tile<float> {
 };
 #endif
 
-// Visits the events of task `t` (image n, output rows [a0, a1)), output pixel by output pixel:
-// v.begin(pixel), then v.event(tap i·kw + j, kernel offset, output offset, value) for each event that
-// pixel's taps read, then v.end(pixel); pixel indexes [N·Ho·Wo].
-template <typename E, typename V>
-void for_each_event(const typename E::In* x, const Geometry& g, int64_t rows_per_task, int64_t t,
-                    Events<typename E::Acc>& ev, V& v) {
-  int64_t blocks = (g.ho + rows_per_task - 1) / rows_per_task;
-  int64_t img = t / blocks, a0 = (t % blocks) * rows_per_task, a1 = std::min(g.ho, a0 + rows_per_task);
-  int64_t r0 = std::max<int64_t>(0, a0 * g.stride - g.pad);
-  int64_t r1 = std::min<int64_t>(g.h, (a1 - 1) * g.stride - g.pad + g.kh);
-  if (r1 > r0) ev.template build<E>(x, g, img, r0, r1);
-  for (int64_t a = a0; a < a1; ++a)
-    for (int64_t b = 0; b < g.wo; ++b) {
-      int64_t pix = (img * g.ho + a) * g.wo + b;
-      v.begin(pix);
-      for (int64_t i = 0; i < g.kh; ++i) {
-        int64_t r = a * g.stride + i - g.pad;
-        if (r < r0 || r >= r1) continue;
-        for (int64_t j = 0; j < g.kw; ++j) {
-          int64_t q = b * g.stride + j - g.pad;
-          if (q < 0 || q >= g.w) continue;
-          int64_t p = (r - r0) * g.w + q;
-          for (int32_t e = ev.start[p * g.groups]; e < ev.start[(p + 1) * g.groups]; ++e)
-            v.event(i * g.kw + j, ev.koff[e], ev.ooff[e], ev.val[e]);
-        }
-      }
-      v.end(pix);
+// A task: image `img`, output rows [a0, a1), whose taps read input rows [r0, r1).
+struct Band {
+  int64_t img, a0, a1, r0, r1;
+  Band(const Geometry& g, int64_t rows_per_task, int64_t t) {
+    const int64_t bands = (g.ho + rows_per_task - 1) / rows_per_task;
+    img = t / bands, a0 = (t % bands) * rows_per_task, a1 = std::min(g.ho, a0 + rows_per_task);
+    r0 = std::max<int64_t>(0, a0 * g.stride - g.pad);
+    r1 = std::min<int64_t>(g.h, (a1 - 1) * g.stride - g.pad + g.kh);
+  }
+};
+
+// The taps of output pixel (a, b) that read a pixel inside the image, as (tap i·kw + j, p) with p the index of
+// that input pixel in the band ((r − r0)·W + q).
+struct Tap {
+  int64_t tap, p;
+};
+inline void taps_of(const Geometry& g, const Band& bd, int64_t a, int64_t b, std::vector<Tap>& taps) {
+  taps.clear();
+  for (int64_t i = 0; i < g.kh; ++i) {
+    const int64_t r = a * g.stride + i - g.pad;
+    if (r < bd.r0 || r >= bd.r1) continue;
+    for (int64_t j = 0; j < g.kw; ++j) {
+      const int64_t q = b * g.stride + j - g.pad;
+      if (q >= 0 && q < g.w) taps.push_back({i * g.kw + j, (r - bd.r0) * g.w + q});
     }
+  }
 }
 
 // The calling thread is one of XLA's pool threads: as many workers as the pool has threads.
@@ -328,27 +325,20 @@ ffi::Error EventConvFwd(ffi::ThreadPool pool, ffi::Buffer<D> x, ffi::Buffer<D> k
   // Per output pixel, group and tile of ≤ 64 output channels: the taps' events accumulated in registers.
   run_tasks(pool, ntasks, nw, [&](int64_t w, int64_t t) {
     Events<A>& e = ev[w];
-    const int64_t bands = (g.ho + rpt - 1) / rpt;
-    const int64_t img = t / bands, a0 = (t % bands) * rpt, a1 = std::min(g.ho, a0 + rpt);
-    const int64_t r0 = std::max<int64_t>(0, a0 * g.stride - g.pad);
-    const int64_t r1 = std::min<int64_t>(g.h, (a1 - 1) * g.stride - g.pad + g.kh);
-    if (r1 > r0) e.template build<E>(xin, g, img, r0, r1);
-    for (int64_t a = a0; a < a1; ++a)
+    const Band bd(g, rpt, t);
+    if (bd.r1 > bd.r0) e.template build<E>(xin, g, bd.img, bd.r0, bd.r1);
+    std::vector<Tap> taps;
+    for (int64_t a = bd.a0; a < bd.a1; ++a)
       for (int64_t b = 0; b < g.wo; ++b) {
-        A* y_pix = out + ((img * g.ho + a) * g.wo + b) * g.co;
+        taps_of(g, bd, a, b, taps);
+        A* y_pix = out + ((bd.img * g.ho + a) * g.wo + b) * g.co;
         for (int64_t grp = 0; grp < g.groups; ++grp)
           for (int64_t o0 = 0; o0 < g.cgo; o0 += 64) {
             Tile<A> acc(std::min<int64_t>(64, g.cgo - o0));
-            for (int64_t i = 0; i < g.kh; ++i) {
-              const int64_t r = a * g.stride + i - g.pad;
-              if (r < r0 || r >= r1) continue;
-              for (int64_t j = 0; j < g.kw; ++j) {
-                const int64_t q = b * g.stride + j - g.pad;
-                if (q < 0 || q >= g.w) continue;
-                const int64_t p = ((r - r0) * g.w + q) * g.groups + grp;
-                const A* k_tap = kern + (i * g.kw + j) * tap_stride + o0;
-                for (int32_t n = e.start[p]; n < e.start[p + 1]; ++n) acc.fma(e.val[n], k_tap + e.koff[n]);
-              }
+            for (const Tap& tp : taps) {
+              const A* k_tap = kern + tp.tap * tap_stride + o0;
+              const int64_t pg = tp.p * g.groups + grp;
+              for (int32_t n = e.start[pg]; n < e.start[pg + 1]; ++n) acc.fma(e.val[n], k_tap + e.koff[n]);
             }
             acc.store(y_pix + grp * g.cgo + o0);
           }
@@ -379,20 +369,25 @@ ffi::Error EventConvKernelGrad(ffi::ThreadPool pool, ffi::Buffer<D> x, ffi::Buff
   const int64_t nslots = std::min<int64_t>(ntasks, nw);
   std::vector<Events<A>> ev(nw);
   std::vector<std::vector<A>> partial(nslots);
-  struct Visitor {
-    A* acc;
-    const A* dy;
-    const A* dyrow = nullptr;
-    int64_t tap_stride, cgo, co;
-    void begin(int64_t pix) { dyrow = dy + pix * co; }
-    void event(int64_t tap, int32_t ko, int32_t oo, A v) { axpy(acc + tap * tap_stride + ko, dyrow + oo, v, cgo); }
-    void end(int64_t) {}
-  };
+  const int64_t tap_stride = g.cg * g.co;
   run_tasks(pool, nslots, nw, [&](int64_t w, int64_t slot) {
     partial[slot].assign(ksize, A(0));
-    Visitor v{partial[slot].data(), dyp, nullptr, g.cg * g.co, g.cgo, g.co};
-    for (int64_t t = slot * ntasks / nslots; t < (slot + 1) * ntasks / nslots; ++t)
-      for_each_event<E>(xin, g, rpt, t, ev[w], v);
+    A* acc = partial[slot].data();
+    Events<A>& e = ev[w];
+    std::vector<Tap> taps;
+    for (int64_t t = slot * ntasks / nslots; t < (slot + 1) * ntasks / nslots; ++t) {
+      const Band bd(g, rpt, t);
+      if (bd.r1 > bd.r0) e.template build<E>(xin, g, bd.img, bd.r0, bd.r1);
+      for (int64_t a = bd.a0; a < bd.a1; ++a)
+        for (int64_t b = 0; b < g.wo; ++b) {
+          taps_of(g, bd, a, b, taps);
+          const A* dy_pix = dyp + ((bd.img * g.ho + a) * g.wo + b) * g.co;
+          for (const Tap& tp : taps)
+            for (int64_t grp = 0; grp < g.groups; ++grp)
+              for (int32_t n = e.start[tp.p * g.groups + grp]; n < e.start[tp.p * g.groups + grp + 1]; ++n)
+                axpy(acc + tp.tap * tap_stride + e.koff[n], dy_pix + grp * g.cgo, e.val[n], g.cgo);
+        }
+    }
   });
   A* out = dk->typed_data();
   std::fill(out, out + ksize, A(0));
