@@ -17,6 +17,10 @@ Official (``--official-dir``): a subprocess with ``--official-python`` (default:
 on ``output.mean(0)``, ``functional.reset_net`` after each step; evaluation under ``torch.no_grad`` in
 ``eval()`` mode. It prints one JSON line. See docs/performance.md for setting up that environment.
 
+Both sides run on the same allocator settings: ``bench.py`` restarts itself with glibc's huge pages on, as
+``train.py`` does (``sresformer_jax/runtime.py``), and the official process inherits ``GLIBC_TUNABLES``.
+``--official-host-memory system`` runs the official side on glibc's defaults instead, the way it ships.
+
 Writes JSON to ``--out`` (default ``benchmarks/results/bench_<device>.json``) and prints a table.
 """
 from __future__ import annotations
@@ -35,6 +39,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+from sresformer_jax import runtime  # noqa: E402  (light: imports no JAX)
 BENCH_JSON_PREFIX = "BENCH_JSON:"
 
 
@@ -426,9 +432,11 @@ print("''' + BENCH_JSON_PREFIX + r'''" + json.dumps(res), flush=True)
 
 def bench_official(official_dir: str, python: str, model_name: str, img_size: int, T: int, batch: int,
                    num_classes: int, steps: int, warmup: int, timeout: float | None = None,
-                   allow_timm_stub: bool = True, log=print, device: str = "cpu", amp: bool = False
-                   ) -> dict[str, Any]:
-    """Runs OFFICIAL_SCRIPT with ``python`` and returns its JSON (``{"error": ...}`` on failure)."""
+                   allow_timm_stub: bool = True, log=print, device: str = "cpu", amp: bool = False,
+                   huge_pages: bool | None = None) -> dict[str, Any]:
+    """Runs OFFICIAL_SCRIPT with ``python`` and returns its JSON (``{"error": ...}`` on failure).
+
+    ``huge_pages``: glibc's huge pages on or off in its environment (default: as in this process)."""
     d = Path(official_dir).expanduser().resolve()
     if not (d / "models" / "spikingresformer.py").is_file():
         raise FileNotFoundError(f"--official-dir {official_dir}: no models/spikingresformer.py there; pass the "
@@ -438,6 +446,8 @@ def bench_official(official_dir: str, python: str, model_name: str, img_size: in
                device=device, amp=amp)
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)          # keep our repository off the official side's path
+    if huge_pages is not None:
+        env = runtime.with_huge_pages(env, huge_pages)
     log(f"[official] running {python} (cwd {d}) ...")
     t0 = time.perf_counter()
     try:
@@ -452,6 +462,7 @@ def bench_official(official_dir: str, python: str, model_name: str, img_size: in
             res["python"] = python
             res["official_dir"] = str(d)
             res["wall_s"] = wall
+            res["huge_pages"] = runtime.huge_pages_active(env)
             try:
                 res["official_commit"] = subprocess.run(["git", "-C", str(d), "rev-parse", "HEAD"], text=True,
                                                         capture_output=True, timeout=10).stdout.strip() or None
@@ -499,10 +510,15 @@ def probe_ours(a, batch: int) -> bool:
     raise RuntimeError(f"ours at batch {batch} failed without running out of memory:\n{p.stderr[-2000:]}")
 
 
+def official_huge_pages(a) -> bool | None:
+    """--official-host-memory: None keeps this process's setting for the official side, False turns it off."""
+    return None if a.official_host_memory == "same" else False
+
+
 def probe_official(a, batch: int) -> bool:
     r = bench_official(a.official_dir, a.official_python, a.model, a.img_size, a.T, batch, a.num_classes, 1, 0,
                        a.official_timeout, not a.no_timm_stub, log=lambda *_: None, device=a.official_device,
-                       amp=a.official_amp)
+                       amp=a.official_amp, huge_pages=official_huge_pages(a))
     if "error" not in r:
         return True
     if is_oom(r.get("stderr_tail", "") + r.get("stdout_tail", "")):
@@ -556,6 +572,8 @@ def table(result: dict) -> str:
     add("eval GFLOP/s (dense-equiv.)", fe / 1e9 if fe else None, None, ".1f", False)
     add("eval % of matmul peak", (g(ours, "eval", "fraction_of_matmul_peak") or 0) * 100 or None, None,
         ".1f", False)
+    yn = lambda v: "—" if v is None else ("yes" if v else "no")  # noqa: E731
+    rows.append(("glibc huge pages", yn(result.get("huge_pages") if ours else None), yn(g(off, "huge_pages")), ""))
     fr = g(ours, "mean_firing_rate")
     add("mean firing rate %", fr * 100 if fr is not None else None, None, ".2f", False)
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
@@ -588,6 +606,9 @@ def main(argv=None) -> dict:
     p.add_argument("--skip-ours", action="store_true", help="only run the official side")
     p.add_argument("--official-device", default="cpu", choices=["cpu", "cuda"],
                    help="where the official side runs (cuda: SpikingJelly's cupy neurons if CuPy imports)")
+    p.add_argument("--official-host-memory", default="same", choices=["same", "system"],
+                   help="same: the official process gets this process's allocator settings (glibc huge pages, "
+                        "see sresformer_jax/runtime.py); system: glibc's defaults, the way it ships")
     p.add_argument("--official-amp", action="store_true",
                    help="official side under autocast: fp16 + GradScaler on cuda (its recipe), bf16 on cpu")
     p.add_argument("--max-batch", type=int, default=0,
@@ -596,20 +617,18 @@ def main(argv=None) -> dict:
     p.add_argument("--probe-train-step", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.probe_train_step:                     # internal: one step for --max-batch, exit status says if it fit
-        sys.path.insert(0, str(ROOT))
         bench_ours(a.model, a.img_size, a.T, a.batch, a.num_classes, 1, 0, a.precision, remat=a.remat,
                    train_only=True, log=lambda *_: None)
         return {}
 
-    if not a.skip_ours:
-        sys.path.insert(0, str(ROOT))
     import jax
     info = machine_info()
     result: dict[str, Any] = {
         "machine": dict(info, loadavg_start=loadavg()),
         "settings": {k: getattr(a, k) for k in ("model", "img_size", "T", "batch", "num_classes", "steps",
                                                 "warmup", "precision", "remat")} | {"statistic": "median"},
-        "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "huge_pages": runtime.huge_pages_active()}
     print(f"device: {info['platform']} / {info['device_kind']} ({info['cpu_model']}, {info['nproc']} cores), "
           f"jax {info['jax']}, load {result['machine']['loadavg_start']}")
     peak = matmul_peak(a.matmul_size)
@@ -623,7 +642,8 @@ def main(argv=None) -> dict:
                 " with autocast" if a.official_amp else " (--official-amp: under autocast)"))
         result["official"] = bench_official(a.official_dir, a.official_python, a.model, a.img_size, a.T,
                                             a.batch, a.num_classes, a.steps, a.warmup, a.official_timeout,
-                                            not a.no_timm_stub, device=a.official_device, amp=a.official_amp)
+                                            not a.no_timm_stub, device=a.official_device, amp=a.official_amp,
+                                            huge_pages=official_huge_pages(a))
         if "error" in result["official"]:
             print(f"[official] FAILED: {result['official']['error']}\n{result['official'].get('stderr_tail', '')}")
     if a.max_batch:
@@ -659,4 +679,5 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
+    runtime.reexec_with_huge_pages()   # XLA:CPU's per-step buffers on huge pages (restarts once)
     main()

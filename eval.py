@@ -75,4 +75,6 @@ def main(argv):
 
 if __name__ == "__main__":
     sys.path.insert(0, _HERE)
+    from sresformer_jax.runtime import reexec_with_huge_pages
+    reexec_with_huge_pages()       # XLA:CPU's per-step buffers on huge pages (restarts once; sresformer_jax/runtime.py)
     app.run(main)

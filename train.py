@@ -29,8 +29,8 @@ def init_distributed():
         return
     kw = {k: v for k, v in dict(coordinator_address=FLAGS.coordinator_address, num_processes=FLAGS.num_processes,
                                 process_id=FLAGS.process_id).items() if v is not None}
-    if os.environ.get("JAX_PLATFORMS", "") == "cpu" or not any(
-            os.path.exists(p) for p in ("/dev/nvidia0", "/dev/accel0")):
+    from sresformer_jax.runtime import accelerator_present
+    if not accelerator_present():
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(**kw)
 
@@ -52,4 +52,6 @@ def main(argv):
 
 if __name__ == "__main__":
     sys.path.insert(0, _HERE)
+    from sresformer_jax.runtime import reexec_with_huge_pages
+    reexec_with_huge_pages()       # XLA:CPU's per-step buffers on huge pages (restarts once; sresformer_jax/runtime.py)
     app.run(main)
