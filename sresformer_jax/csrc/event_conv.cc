@@ -399,49 +399,50 @@ ffi::Error EventConvKernelGrad(ffi::ThreadPool pool, ffi::Buffer<D> x, ffi::Buff
 
 // ---------------------------------------------------------------------------------------------------
 // Dense direct convolution (no events): the input gradient dx = conv(dy, K̃) of a stride-1 convolution,
-// whose dy has no zeros to skip.  Four output pixels of a row share every kernel row loaded (16
-// accumulator registers per 64-channel tile); each input value is read once per tap, with no shifted
-// copies of the activation.
+// whose dy has no zeros to skip.  A task is one group of a band of output rows of one image, so the
+// group's kernel (kh·kw·C/g·64 values per 64-channel tile, 147 KB for a 3×3 of 64 channels) stays in L2
+// while the band's pixels stream past it.  Six output pixels share every kernel row loaded (24 accumulator
+// registers per 64-channel tile); each input value is read once per tap, with no shifted copies.
+constexpr int kPix = 6;
+
 template <typename A>
-struct Quad {
-  Tile<A> t[4];
-  explicit Quad(int64_t w) : t{Tile<A>(w), Tile<A>(w), Tile<A>(w), Tile<A>(w)} {}
-  void fma(const A* krow, A v0, A v1, A v2, A v3) {
-    t[0].fma(v0, krow), t[1].fma(v1, krow), t[2].fma(v2, krow), t[3].fma(v3, krow);
-  }
-  void store(int p, A* dst) const { t[p].store(dst); }
+struct PixBlock {
+  Tile<A> t[kPix];
+  explicit PixBlock(int64_t w) : t{Tile<A>(w), Tile<A>(w), Tile<A>(w), Tile<A>(w), Tile<A>(w), Tile<A>(w)} {}
 };
 
 #if defined(__AVX512F__)
-// The float32 tile with its 16 accumulators as local variables (held in registers across the taps).
+// The float32 block with its 24 accumulators as local variables (held in registers across the taps).
+// xp[tap · kPix + p]: the input row (this group's channels) of pixel p at that tap; live[tap]: whether any
+// of the block's pixels reads inside the image at that tap.
 template <typename E>
-void dense_tile_f32(const Geometry& g, const typename E::In* const* rows[], const float* k_tile,
-                    int64_t width, float* const dst[4], int64_t np) {
+void dense_block_f32(const Geometry& g, const typename E::In* const* xp, const char* live, const float* k_tile,
+                     int64_t width, float* const dst[kPix], int64_t np) {
   __mmask16 m[4];
   for (int k = 0; k < 4; ++k) {
     int64_t n = std::clamp<int64_t>(width - 16 * k, 0, 16);
     m[k] = static_cast<__mmask16>(n == 16 ? 0xFFFF : (1u << n) - 1);
   }
 #define ZERO4(p) __m512 r##p##0 = _mm512_setzero_ps(), r##p##1 = r##p##0, r##p##2 = r##p##0, r##p##3 = r##p##0;
-  ZERO4(0) ZERO4(1) ZERO4(2) ZERO4(3)
+  ZERO4(0) ZERO4(1) ZERO4(2) ZERO4(3) ZERO4(4) ZERO4(5)
 #undef ZERO4
   const int64_t taps = g.kh * g.kw, tap_stride = g.cg * g.co;
   for (int64_t tap = 0; tap < taps; ++tap) {
-    const typename E::In* const* xp = rows[tap];
-    if (!xp) continue;                                  // the whole tap row is outside the image
+    if (!live[tap]) continue;                          // every pixel of the block reads padding here
+    const typename E::In* const* x = xp + tap * kPix;
     const float* kt = k_tile + tap * tap_stride;
     for (int64_t c = 0; c < g.cg; ++c, kt += g.co) {
       const __m512 k0 = _mm512_maskz_loadu_ps(m[0], kt), k1 = _mm512_maskz_loadu_ps(m[1], kt + 16),
                    k2 = _mm512_maskz_loadu_ps(m[2], kt + 32), k3 = _mm512_maskz_loadu_ps(m[3], kt + 48);
 #define FMA4(p)                                                   \
   {                                                               \
-    const __m512 b = _mm512_set1_ps(E::load(xp[p][c]));           \
+    const __m512 b = _mm512_set1_ps(E::load(x[p][c]));            \
     r##p##0 = _mm512_fmadd_ps(b, k0, r##p##0);                    \
     r##p##1 = _mm512_fmadd_ps(b, k1, r##p##1);                    \
     r##p##2 = _mm512_fmadd_ps(b, k2, r##p##2);                    \
     r##p##3 = _mm512_fmadd_ps(b, k3, r##p##3);                    \
   }
-      FMA4(0) FMA4(1) FMA4(2) FMA4(3)
+      FMA4(0) FMA4(1) FMA4(2) FMA4(3) FMA4(4) FMA4(5)
 #undef FMA4
     }
   }
@@ -450,7 +451,7 @@ void dense_tile_f32(const Geometry& g, const typename E::In* const* rows[], cons
     _mm512_mask_storeu_ps(dst[p], m[0], r##p##0), _mm512_mask_storeu_ps(dst[p] + 16, m[1], r##p##1); \
     _mm512_mask_storeu_ps(dst[p] + 32, m[2], r##p##2), _mm512_mask_storeu_ps(dst[p] + 48, m[3], r##p##3); \
   }
-  STORE4(0) STORE4(1) STORE4(2) STORE4(3)
+  STORE4(0) STORE4(1) STORE4(2) STORE4(3) STORE4(4) STORE4(5)
 #undef STORE4
 }
 #endif
@@ -468,48 +469,48 @@ ffi::Error DenseConvFwd(ffi::ThreadPool pool, ffi::Buffer<D> x, ffi::Buffer<D> k
   A* out = y->typed_data();
   const In* xin = x.typed_data();
   const std::vector<In> zeros(g.c, In(0));          // the input row of a pixel outside the image
-  const int64_t ntasks = g.n * g.ho, nw = workers(pool, ntasks), tap_stride = g.cg * g.co;
-  run_tasks(pool, ntasks, nw, [&](int64_t, int64_t t) {
-    const int64_t img = t / g.ho, a = t % g.ho;
-    std::vector<const In*> ptrs(4 * g.kh * g.kw);
-    std::vector<const In* const*> rows(g.kh * g.kw);
-    for (int64_t b0 = 0; b0 < g.wo; b0 += 4) {
-      const int64_t np = std::min<int64_t>(4, g.wo - b0);
-      for (int64_t grp = 0; grp < g.groups; ++grp) {
-        // per tap: the input rows of the four output pixels (a zero row outside the image)
-        for (int64_t i = 0; i < g.kh; ++i)
-          for (int64_t j = 0; j < g.kw; ++j) {
-            const int64_t tap = i * g.kw + j, r = a * g.stride + i - g.pad;
-            rows[tap] = (r < 0 || r >= g.h) ? nullptr : &ptrs[4 * tap];
-            for (int64_t p = 0; p < 4; ++p) {
-              const int64_t q = (b0 + p) * g.stride + j - g.pad;
-              ptrs[4 * tap + p] = (rows[tap] && p < np && q >= 0 && q < g.w)
-                                      ? xin + ((img * g.h + r) * g.w + q) * g.c + grp * g.cg
-                                      : zeros.data();
+  // Bands of about 256 output pixels; tasks ordered (image, band, group).
+  const int64_t band_rows = std::clamp<int64_t>((256 + g.wo - 1) / g.wo, 1, g.ho);
+  const int64_t bands = (g.ho + band_rows - 1) / band_rows, ntasks = g.n * bands * g.groups;
+  const int64_t taps = g.kh * g.kw, tap_stride = g.cg * g.co;
+  run_tasks(pool, ntasks, workers(pool, ntasks), [&](int64_t, int64_t t) {
+    const int64_t grp = t % g.groups, img = t / g.groups / bands, band = t / g.groups % bands;
+    const int64_t p0 = band * band_rows * g.wo, p1 = std::min(g.ho, (band + 1) * band_rows) * g.wo;
+    std::vector<const In*> xp(taps * kPix);
+    std::vector<char> live(taps);
+    for (int64_t o0 = 0; o0 < g.cgo; o0 += 64) {
+      const int64_t width = std::min<int64_t>(64, g.cgo - o0);
+      const A* k_tile = kern + grp * g.cgo + o0;
+      for (int64_t q0 = p0; q0 < p1; q0 += kPix) {        // kPix consecutive output pixels (row-major)
+        const int64_t np = std::min<int64_t>(kPix, p1 - q0);
+        std::fill(live.begin(), live.end(), 0);
+        A* dst[kPix];
+        for (int64_t p = 0; p < kPix; ++p) {
+          const int64_t q = q0 + std::min<int64_t>(p, np - 1), a = q / g.wo, b = q % g.wo;
+          dst[p] = out + ((img * g.ho + a) * g.wo + b) * g.co + grp * g.cgo + o0;
+          for (int64_t i = 0; i < g.kh; ++i)
+            for (int64_t j = 0; j < g.kw; ++j) {
+              const int64_t r = a * g.stride + i - g.pad, c = b * g.stride + j - g.pad, tap = i * g.kw + j;
+              const bool inside = p < np && r >= 0 && r < g.h && c >= 0 && c < g.w;
+              xp[tap * kPix + p] = inside ? xin + ((img * g.h + r) * g.w + c) * g.c + grp * g.cg : zeros.data();
+              live[tap] |= inside;
             }
-          }
-        for (int64_t o0 = 0; o0 < g.cgo; o0 += 64) {
-          const int64_t width = std::min<int64_t>(64, g.cgo - o0);
-          A* dst[4];
-          for (int64_t p = 0; p < 4; ++p)
-            dst[p] = out + ((img * g.ho + a) * g.wo + b0 + std::min(p, np - 1)) * g.co + grp * g.cgo + o0;
-          const A* k_tile = kern + grp * g.cgo + o0;
-#if defined(__AVX512F__)
-          if constexpr (std::is_same_v<A, float>) {
-            dense_tile_f32<E>(g, rows.data(), k_tile, width, dst, np);
-            continue;
-          }
-#endif
-          Quad<A> acc(width);
-          for (int64_t tap = 0; tap < g.kh * g.kw; ++tap) {
-            if (!rows[tap]) continue;
-            const In* const* xp = rows[tap];
-            for (int64_t c = 0; c < g.cg; ++c)
-              acc.fma(k_tile + tap * tap_stride + c * g.co, E::load(xp[0][c]), E::load(xp[1][c]),
-                      E::load(xp[2][c]), E::load(xp[3][c]));
-          }
-          for (int64_t p = 0; p < np; ++p) acc.store(static_cast<int>(p), dst[p]);
         }
+#if defined(__AVX512F__)
+        if constexpr (std::is_same_v<A, float>) {
+          dense_block_f32<E>(g, xp.data(), live.data(), k_tile, width, dst, np);
+          continue;
+        }
+#endif
+        PixBlock<A> acc(width);
+        for (int64_t tap = 0; tap < taps; ++tap) {
+          if (!live[tap]) continue;
+          for (int64_t c = 0; c < g.cg; ++c) {
+            const A* krow = k_tile + tap * tap_stride + c * g.co;
+            for (int64_t p = 0; p < kPix; ++p) acc.t[p].fma(E::load(xp[tap * kPix + p][c]), krow);
+          }
+        }
+        for (int64_t p = 0; p < np; ++p) acc.t[p].store(dst[p]);
       }
     }
   });
