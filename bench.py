@@ -433,10 +433,11 @@ print("''' + BENCH_JSON_PREFIX + r'''" + json.dumps(res), flush=True)
 def bench_official(official_dir: str, python: str, model_name: str, img_size: int, T: int, batch: int,
                    num_classes: int, steps: int, warmup: int, timeout: float | None = None,
                    allow_timm_stub: bool = True, log=print, device: str = "cpu", amp: bool = False,
-                   huge_pages: bool | None = None) -> dict[str, Any]:
+                   huge_pages: bool | None = None, extra_env: dict[str, str] | None = None) -> dict[str, Any]:
     """Runs OFFICIAL_SCRIPT with ``python`` and returns its JSON (``{"error": ...}`` on failure).
 
-    ``huge_pages``: glibc's huge pages on or off in its environment (default: as in this process)."""
+    ``huge_pages``: glibc's huge pages on or off in its environment (default: as in this process);
+    ``extra_env``: more environment variables for it (e.g. ``runtime.RETAIN_ENV``)."""
     d = Path(official_dir).expanduser().resolve()
     if not (d / "models" / "spikingresformer.py").is_file():
         raise FileNotFoundError(f"--official-dir {official_dir}: no models/spikingresformer.py there; pass the "
@@ -448,6 +449,7 @@ def bench_official(official_dir: str, python: str, model_name: str, img_size: in
     env.pop("PYTHONPATH", None)          # keep our repository off the official side's path
     if huge_pages is not None:
         env = runtime.with_huge_pages(env, huge_pages)
+    env.update(extra_env or {})
     log(f"[official] running {python} (cwd {d}) ...")
     t0 = time.perf_counter()
     try:
@@ -463,6 +465,7 @@ def bench_official(official_dir: str, python: str, model_name: str, img_size: in
             res["official_dir"] = str(d)
             res["wall_s"] = wall
             res["huge_pages"] = runtime.huge_pages_active(env)
+            res["allocator_env"] = {k: env[k] for k in sorted(env) if k.startswith(("MALLOC_", "GLIBC_TUNABLES"))}
             try:
                 res["official_commit"] = subprocess.run(["git", "-C", str(d), "rev-parse", "HEAD"], text=True,
                                                         capture_output=True, timeout=10).stdout.strip() or None
@@ -510,15 +513,17 @@ def probe_ours(a, batch: int) -> bool:
     raise RuntimeError(f"ours at batch {batch} failed without running out of memory:\n{p.stderr[-2000:]}")
 
 
-def official_huge_pages(a) -> bool | None:
-    """--official-host-memory: None keeps this process's setting for the official side, False turns it off."""
-    return None if a.official_host_memory == "same" else False
+def official_allocator(a) -> dict:
+    """--official-host-memory as ``bench_official`` keywords: huge pages as here (same), off (system), or off
+    with glibc keeping freed memory (retain)."""
+    return {"same": {}, "system": {"huge_pages": False},
+            "retain": {"huge_pages": False, "extra_env": runtime.RETAIN_ENV}}[a.official_host_memory]
 
 
 def probe_official(a, batch: int) -> bool:
     r = bench_official(a.official_dir, a.official_python, a.model, a.img_size, a.T, batch, a.num_classes, 1, 0,
                        a.official_timeout, not a.no_timm_stub, log=lambda *_: None, device=a.official_device,
-                       amp=a.official_amp, huge_pages=official_huge_pages(a))
+                       amp=a.official_amp, **official_allocator(a))
     if "error" not in r:
         return True
     if is_oom(r.get("stderr_tail", "") + r.get("stdout_tail", "")):
@@ -572,8 +577,10 @@ def table(result: dict) -> str:
     add("eval GFLOP/s (dense-equiv.)", fe / 1e9 if fe else None, None, ".1f", False)
     add("eval % of matmul peak", (g(ours, "eval", "fraction_of_matmul_peak") or 0) * 100 or None, None,
         ".1f", False)
-    yn = lambda v: "—" if v is None else ("yes" if v else "no")  # noqa: E731
-    rows.append(("glibc huge pages", yn(result.get("huge_pages") if ours else None), yn(g(off, "huge_pages")), ""))
+    alloc = lambda huge, env: ("huge pages" if huge else "retain" if "MALLOC_MMAP_MAX_" in (env or {})  # noqa: E731
+                               else "glibc default")
+    rows.append(("host allocator", alloc(result.get("huge_pages"), None) if ours else "—",
+                 alloc(off["huge_pages"], off.get("allocator_env")) if off and "huge_pages" in off else "—", ""))
     fr = g(ours, "mean_firing_rate")
     add("mean firing rate %", fr * 100 if fr is not None else None, None, ".2f", False)
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
@@ -606,9 +613,10 @@ def main(argv=None) -> dict:
     p.add_argument("--skip-ours", action="store_true", help="only run the official side")
     p.add_argument("--official-device", default="cpu", choices=["cpu", "cuda"],
                    help="where the official side runs (cuda: SpikingJelly's cupy neurons if CuPy imports)")
-    p.add_argument("--official-host-memory", default="same", choices=["same", "system"],
+    p.add_argument("--official-host-memory", default="same", choices=["same", "system", "retain"],
                    help="same: the official process gets this process's allocator settings (glibc huge pages, "
-                        "see sresformer_jax/runtime.py); system: glibc's defaults, the way it ships")
+                        "see sresformer_jax/runtime.py); system: glibc's defaults, the way it ships; retain: "
+                        "glibc keeps freed memory (runtime.RETAIN_ENV), the official side's fastest setting")
     p.add_argument("--official-amp", action="store_true",
                    help="official side under autocast: fp16 + GradScaler on cuda (its recipe), bf16 on cpu")
     p.add_argument("--max-batch", type=int, default=0,
@@ -643,7 +651,7 @@ def main(argv=None) -> dict:
         result["official"] = bench_official(a.official_dir, a.official_python, a.model, a.img_size, a.T,
                                             a.batch, a.num_classes, a.steps, a.warmup, a.official_timeout,
                                             not a.no_timm_stub, device=a.official_device, amp=a.official_amp,
-                                            huge_pages=official_huge_pages(a))
+                                            **official_allocator(a))
         if "error" in result["official"]:
             print(f"[official] FAILED: {result['official']['error']}\n{result['official'].get('stderr_tail', '')}")
     if a.max_batch:

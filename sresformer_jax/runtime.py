@@ -37,6 +37,13 @@ _THP_SETTING = "/sys/kernel/mm/transparent_hugepage/enabled"
 _ACCELERATOR_NODES = ("/dev/nvidia0", "/dev/accel0", "/dev/kfd")
 
 
+# glibc's start-up settings that keep freed memory in the process (one arena, no mmap, no trim). They avoid the
+# faults too, but with XLA the heap grows by every freed output (see the module docstring), so this project does
+# not use them; ``bench.py --official-host-memory retain`` gives them to the official process, whose PyTorch
+# allocations they speed up the most of the settings tried.
+RETAIN_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**62)}
+
+
 def accelerator_present() -> bool:
     """True unless ``JAX_PLATFORMS=cpu`` or the host has no GPU/TPU device node. Starts no JAX backend."""
     if os.environ.get("JAX_PLATFORMS", "").strip().lower() == "cpu":
