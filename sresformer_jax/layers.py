@@ -67,12 +67,12 @@ def _mixed_dot_bwd(spec, res, g):
 _mixed_dot.defvjp(_mixed_dot_fwd, _mixed_dot_bwd)
 
 
-def _as_bits(x: jax.Array) -> jax.Array:
+def as_bits(x: jax.Array) -> jax.Array:
     """A bf16/f16 array as its uint16 bit pattern (a free bitcast); other dtypes unchanged."""
     return jax.lax.bitcast_convert_type(x, jnp.uint16) if x.dtype in LOW_PRECISION else x
 
 
-def _from_bits(x: jax.Array, dtype) -> jax.Array:
+def from_bits(x: jax.Array, dtype) -> jax.Array:
     return jax.lax.bitcast_convert_type(x, dtype) if x.dtype != dtype else x
 
 
@@ -85,8 +85,23 @@ def scan_bits(f, init, xs, **kwargs):
     (the bitcast to an integer cuts the gradient): for use inside custom VJPs only.
     """
     dtypes = jax.tree.map(lambda x: x.dtype, xs)
-    return jax.lax.scan(lambda c, x: f(c, jax.tree.map(_from_bits, x, dtypes)), init,
-                        jax.tree.map(_as_bits, xs), **kwargs)
+    return jax.lax.scan(lambda c, x: f(c, jax.tree.map(from_bits, x, dtypes)), init,
+                        jax.tree.map(as_bits, xs), **kwargs)
+
+
+def scan_buffer(step, like: jax.Array, xs, reverse: bool = False, unroll: int | bool = 1) -> jax.Array:
+    """A scan over t = 0..T−1 (or back) that carries a [T, ...] buffer shaped like ``like``, starting at zero:
+    ``step(buffer, (*xs_t, t)) → (buffer, None)`` writes slice t (``as_bits`` of it) and may read the slices
+    written before (``buffer_slice``). Returns the final buffer. One in-place write per step, where a scan
+    with outputs per step also writes its carry. bf16 slices move as bit patterns (``scan_bits``)."""
+    t = jnp.arange(like.shape[0])
+    buf, _ = scan_bits(step, as_bits(jnp.zeros_like(like)), (*xs, t), reverse=reverse, unroll=unroll)
+    return from_bits(buf, like.dtype)
+
+
+def buffer_slice(buf: jax.Array, t: jax.Array, dtype) -> jax.Array:
+    """Slice ``t`` of a ``scan_buffer`` buffer, as ``dtype``."""
+    return from_bits(jax.lax.dynamic_index_in_dim(buf, t, keepdims=False), dtype)
 
 
 CONV_IMPLS = ("auto", "xla", "slices", "events")
@@ -314,7 +329,7 @@ def _shifted(xp: jax.Array, i, j, ho: int, wo: int, dtype=None) -> jax.Array:
     """x̃[:, i:i+Ho, j:j+Wo] of a padded [N, H', W', C] as [N·Ho·Wo, C] (traced offsets: a scan over taps);
     ``dtype``: the float type of which ``xp`` holds the bits (see ``scan_bits``)."""
     n, c = xp.shape[0], xp.shape[-1]
-    return _from_bits(jax.lax.dynamic_slice(xp, (0, i, j, 0), (n, ho, wo, c)).reshape(-1, c), dtype or xp.dtype)
+    return from_bits(jax.lax.dynamic_slice(xp, (0, i, j, 0), (n, ho, wo, c)).reshape(-1, c), dtype or xp.dtype)
 
 
 def _conv_taps_scan(xp: jax.Array, kernel: jax.Array, ho: int, wo: int, bits: bool = False) -> jax.Array:
@@ -325,7 +340,7 @@ def _conv_taps_scan(xp: jax.Array, kernel: jax.Array, ho: int, wo: int, bits: bo
     patterns (``scan_bits``; not differentiable, set by the custom VJP only)."""
     k, _, c, cout = kernel.shape
     kernel = kernel.reshape(k * k, c, cout)
-    dtype, xv = xp.dtype, _as_bits(xp) if bits else xp
+    dtype, xv = xp.dtype, as_bits(xp) if bits else xp
 
     def tap(y, inp):
         (i, j), kt = inp

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from .layers import scan_bits
+from .layers import as_bits, buffer_slice, scan_buffer
 
 SURROGATES = ("atan", "sigmoid")
 SPIKE_COUNTS = "spike_counts"  # optional collection: per-layer spike counts, for firing rates and SOPs
@@ -74,11 +74,15 @@ def _charge(v, x, k, tau):
 def _multistep(x_seq, k, tau, v_threshold, surrogate, alpha, unroll):
     """Scans charge → fire → hard reset over the leading time axis of ``x_seq`` → spikes [T, ...].
 
-    Custom VJP: the forward keeps only the membrane potentials H[t] (and X for PLIF), from which the backward
-    recomputes S[t] = Θ(H[t] − V_th) and V[t−1] = H[t−1]·(1 − S[t−1]), and runs the adjoint scan in reverse:
+    The scan carries the membrane potentials H [T, ...] themselves and writes one H[t] per step, computed from
+    X[t] and V[t−1] = H[t−1]·(1 − S[t−1]); the spikes S = Θ(H − V_th) follow in one pass after the scan. (One
+    write per element and step: a scan that also emitted S[t] and carried V[t] wrote three.)
 
-        dH[t] = dS[t]·Θ'(H[t] − V_th) + dV[t]·(1 − S[t])            (reset detached; dV[T−1] = 0)
-        dX[t] = k·dH[t],   dV[t−1] = (1 − k)·dH[t],   dk = Σ_t dH[t]·(X[t] − V[t−1])     (k = 1/τ or sigmoid(w))
+    Custom VJP: the forward keeps only H (and X for PLIF). The backward scan runs in reverse and carries the
+    adjoints dH [T, ...] the same way:
+
+        dH[t] = dS[t]·Θ'(H[t] − V_th) + dV[t]·(1 − S[t]),   dV[t] = (1 − k)·dH[t+1]   (reset detached; dV[T−1] = 0)
+        dX = k·dH,   dk = Σ_t dH[t]·(X[t] − V[t−1])                                   (k = 1/τ or sigmoid(w))
 
     (equal to autodiff through the scan; it stores one [T, ...] array instead of autodiff's several).
     """
@@ -86,31 +90,36 @@ def _multistep(x_seq, k, tau, v_threshold, surrogate, alpha, unroll):
 
 
 def _multistep_fwd(x_seq, k, tau, v_threshold, surrogate, alpha, unroll):
-    def step(v, x):
-        h = _charge(v, x, k, tau)
-        s = spike(h - v_threshold, surrogate, alpha)
-        return (1.0 - s) * h, (s, h)
+    dtype = x_seq.dtype
 
-    _, (s_seq, h_seq) = scan_bits(step, jnp.zeros_like(x_seq[0]), x_seq, unroll=unroll)
-    return s_seq, (h_seq, x_seq if tau is None else None, k)
+    def step(h_buf, inp):
+        x, t = inp
+        h_prev = buffer_slice(h_buf, jnp.maximum(t - 1, 0), dtype)           # H[t−1]; zeros at t = 0
+        v = (1.0 - spike(h_prev - v_threshold, surrogate, alpha)) * h_prev   # V[t−1]
+        return jax.lax.dynamic_update_index_in_dim(h_buf, as_bits(_charge(v, x, k, tau)), t, 0), None
+
+    h_seq = scan_buffer(step, x_seq, (x_seq,), reverse=False, unroll=unroll)
+    return spike(h_seq - v_threshold, surrogate, alpha), (h_seq, x_seq if tau is None else None, k)
 
 
 def _multistep_bwd(tau, v_threshold, surrogate, alpha, unroll, res, ds_seq):
     h_seq, x_seq, k = res
-    kk = jnp.asarray(1.0 / tau if tau is not None else k, h_seq.dtype)
+    dtype, last = h_seq.dtype, h_seq.shape[0] - 1
+    kk = jnp.asarray(1.0 / tau if tau is not None else k, dtype)
     not_fired = lambda h: 1 - spike(h - v_threshold, surrogate, alpha)                 # noqa: E731  1 − S
-    v_prev = jnp.concatenate([jnp.zeros_like(h_seq[:1]), h_seq[:-1] * not_fired(h_seq[:-1])])   # V[t−1]
 
-    def step(dv, inp):
-        h, ds, vp, x = inp
+    def step(dh_buf, inp):
+        h, ds, t = inp
+        dv = (1 - kk) * buffer_slice(dh_buf, jnp.minimum(t + 1, last), dtype)  # dV[t]; zeros at t = T − 1
         dh = ds * surrogate_grad(h - v_threshold, surrogate, alpha) + dv * not_fired(h)
-        dk = None if x is None else jnp.sum(dh * (x - vp), dtype=jnp.promote_types(h.dtype, jnp.float32))
-        return (1 - kk) * dh, (kk * dh, dk)
+        return jax.lax.dynamic_update_index_in_dim(dh_buf, as_bits(dh), t, 0), None
 
-    _, (dx_seq, dk_seq) = scan_bits(step, jnp.zeros_like(h_seq[0]), (h_seq, ds_seq, v_prev, x_seq),
-                                    reverse=True, unroll=unroll)
-    dk = jnp.zeros_like(k) if x_seq is None else jnp.sum(dk_seq).astype(k.dtype)
-    return dx_seq, dk
+    dh_seq = scan_buffer(step, h_seq, (h_seq, ds_seq), reverse=True, unroll=unroll)
+    if x_seq is None:                                                          # LIF: τ is a constant
+        return kk * dh_seq, jnp.zeros_like(k)
+    v_prev = jnp.concatenate([jnp.zeros_like(h_seq[:1]), h_seq[:-1] * not_fired(h_seq[:-1])])   # V[t−1]
+    dk = jnp.sum(dh_seq * (x_seq - v_prev), dtype=jnp.promote_types(dtype, jnp.float32))
+    return kk * dh_seq, dk.astype(k.dtype)
 
 
 _multistep.defvjp(_multistep_fwd, _multistep_bwd)

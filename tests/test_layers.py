@@ -259,3 +259,26 @@ def test_scan_bits_equals_scan_and_keeps_bf16_inputs_out_of_float32():
     chex.assert_trees_all_equal(run(xs), want)
     loops = [line for line in run.lower(xs).compile().as_text().splitlines() if " while(" in line]
     assert loops and all("f32[6,32,64]" not in line.split(" while(")[0] for line in loops), loops
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_scan_buffer_equals_a_scan_with_outputs(dtype):
+    """``layers.scan_buffer`` (a scan that carries its [T, ...] result and writes one slice per step, reading
+    the previous one): the same values as the plain scan with a carry and per-step outputs, and in bf16 a
+    loop that carries the 16-bit buffer, not a float32 copy."""
+    xs = _normal((5, 8, 96), jnp.float32).astype(dtype)
+
+    def plain(c, x):
+        y = 0.5 * c + x
+        return y, y
+
+    def step(buf, inp):
+        x, t = inp
+        prev = layers.buffer_slice(buf, jnp.maximum(t - 1, 0), dtype)
+        return jax.lax.dynamic_update_index_in_dim(buf, layers.as_bits(0.5 * prev + x), t, 0), None
+
+    run = jax.jit(lambda xs: layers.scan_buffer(step, xs, (xs,)))
+    chex.assert_trees_all_equal(run(xs), jax.lax.scan(plain, jnp.zeros_like(xs[0]), xs)[1])
+    loops = [line for line in run.lower(xs).compile().as_text().splitlines() if " while(" in line]
+    assert loops and all("f32[5,8,96]" not in line.split(" while(")[0] for line in loops
+                         if dtype == jnp.bfloat16), loops
