@@ -10,7 +10,8 @@
 // with r = s·a + i − p, q = s·b + j − p (stride s, zero padding p).  The work is proportional to the
 // number of events, not to the number of entries; the result equals the dense convolution up to the
 // order of the float additions (any input, not only 0/1: a zero is skipped, everything else is used).
-// The input gradient dx = conv(dy, K̃) is dense and stays with XLA (see layers.py).
+// The input gradient dx = conv(dy, K̃) is dense: DenseConvFwd below for the stride-1 k×k convolutions, XLA's
+// matmuls for the others (layers.py).
 //
 // Layouts: x [N, H, W, C] (NHWC), K [kh, kw, C/g, O] (HWIO, PyTorch's grouping), y/dy [N, Ho, Wo, O].
 // Types: x and K float32, float64 or bfloat16; y, dy and dK float32 (float64 for float64 inputs).
