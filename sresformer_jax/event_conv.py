@@ -184,6 +184,7 @@ def kernel_grad(x: jax.Array, dy: jax.Array, kernel_shape: tuple[int, ...], stri
 
 def dense_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
     """The same convolution as a dense direct one (no event lists; for a dense input such as the gradient dy
-    of the input-gradient convolution): four output pixels share each kernel row, each input value is read
-    once per tap. Same dtypes as ``conv``."""
+    of the input-gradient convolution): a task is one group of a band of output pixels, so that group's kernel
+    stays in L2; six output pixels share each kernel row, each input value is read once per tap. Same dtypes as
+    ``conv``."""
     return _call("DenseConvFwd", _conv_shape(x, kernel, stride, padding), x, kernel, x.dtype, stride, padding)
