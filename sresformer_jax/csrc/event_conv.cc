@@ -323,33 +323,27 @@ ffi::Error EventConvFwd(ffi::ThreadPool pool, ffi::Buffer<D> x, ffi::Buffer<D> k
   const int64_t nw = workers(pool, ntasks);
   std::vector<Events<A>> ev(nw);
   const int64_t tap_stride = g.cg * g.co;
-  // Per group and tile of ≤ 64 output channels (so that the kernel columns in use stay in L2 while the
-  // band's pixels pass), per output pixel: the taps' events accumulated in registers.
+  // Per output pixel, group and tile of ≤ 64 output channels: the taps' events accumulated in registers.
   run_tasks(pool, ntasks, nw, [&](int64_t w, int64_t t) {
     Events<A>& e = ev[w];
     const Band bd(g, rpt, t);
     if (bd.r1 > bd.r0) e.template build<E>(xin, g, bd.img, bd.r0, bd.r1);
-    std::vector<Tap> taps, all;                  // all: every pixel's taps, from first[pixel]
-    std::vector<int64_t> first;
+    std::vector<Tap> taps;
     for (int64_t a = bd.a0; a < bd.a1; ++a)
       for (int64_t b = 0; b < g.wo; ++b) {
         taps_of(g, bd, a, b, taps);
-        first.push_back(static_cast<int64_t>(all.size()));
-        all.insert(all.end(), taps.begin(), taps.end());
-      }
-    first.push_back(static_cast<int64_t>(all.size()));
-    A* y_band = out + (bd.img * g.ho + bd.a0) * g.wo * g.co;
-    for (int64_t grp = 0; grp < g.groups; ++grp)
-      for (int64_t o0 = 0; o0 < g.cgo; o0 += 64)
-        for (size_t pix = 0; pix + 1 < first.size(); ++pix) {
-          Tile<A> acc(std::min<int64_t>(64, g.cgo - o0));
-          for (int64_t i = first[pix]; i < first[pix + 1]; ++i) {
-            const A* k_tap = kern + all[i].tap * tap_stride + o0;
-            const int64_t pg = all[i].p * g.groups + grp;
-            for (int32_t n = e.start[pg]; n < e.start[pg + 1]; ++n) acc.fma(e.val[n], k_tap + e.koff[n]);
+        A* y_pix = out + ((bd.img * g.ho + a) * g.wo + b) * g.co;
+        for (int64_t grp = 0; grp < g.groups; ++grp)
+          for (int64_t o0 = 0; o0 < g.cgo; o0 += 64) {
+            Tile<A> acc(std::min<int64_t>(64, g.cgo - o0));
+            for (const Tap& tp : taps) {
+              const A* k_tap = kern + tp.tap * tap_stride + o0;
+              const int64_t pg = tp.p * g.groups + grp;
+              for (int32_t n = e.start[pg]; n < e.start[pg + 1]; ++n) acc.fma(e.val[n], k_tap + e.koff[n]);
+            }
+            acc.store(y_pix + grp * g.cgo + o0);
           }
-          acc.store(y_band + pix * g.co + grp * g.cgo + o0);
-        }
+      }
   });
   return ffi::Error::Success();
 }
