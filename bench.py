@@ -19,7 +19,8 @@ on ``output.mean(0)``, ``functional.reset_net`` after each step; evaluation unde
 
 Both sides run on the same allocator settings: ``bench.py`` restarts itself with glibc's huge pages on, as
 ``train.py`` does (``sresformer_jax/runtime.py``), and the official process inherits ``GLIBC_TUNABLES``.
-``--official-host-memory system`` runs the official side on glibc's defaults instead, the way it ships.
+``--official-host-memory system`` runs the official side on glibc's defaults instead, the way it ships;
+``retain`` gives it glibc settings that keep freed memory in the process (its fastest; ``runtime.RETAIN_ENV``).
 
 Writes JSON to ``--out`` (default ``benchmarks/results/bench_<device>.json``) and prints a table.
 """

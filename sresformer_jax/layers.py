@@ -91,7 +91,7 @@ def scan_bits(f, init, xs, **kwargs):
 
 def scan_buffer(step, like: jax.Array, xs, reverse: bool = False, unroll: int | bool = 1) -> jax.Array:
     """A scan over t = 0..T−1 (or back) that carries a [T, ...] buffer shaped like ``like``, starting at zero:
-    ``step(buffer, (*xs_t, t)) → (buffer, None)`` writes slice t (``as_bits`` of it) and may read the slices
+    ``step(buffer, (*xs_t, t)) → (buffer, None)`` writes slice t (``buffer_write``) and may read the slices
     written before (``buffer_slice``). Returns the final buffer. One in-place write per step, where a scan
     with outputs per step also writes its carry. bf16 slices move as bit patterns (``scan_bits``)."""
     t = jnp.arange(like.shape[0])
@@ -102,6 +102,11 @@ def scan_buffer(step, like: jax.Array, xs, reverse: bool = False, unroll: int | 
 def buffer_slice(buf: jax.Array, t: jax.Array, dtype) -> jax.Array:
     """Slice ``t`` of a ``scan_buffer`` buffer, as ``dtype``."""
     return from_bits(jax.lax.dynamic_index_in_dim(buf, t, keepdims=False), dtype)
+
+
+def buffer_write(buf: jax.Array, t: jax.Array, value: jax.Array) -> jax.Array:
+    """``buf`` (a ``scan_buffer`` buffer) with slice ``t`` set to ``value`` (in place inside the scan)."""
+    return jax.lax.dynamic_update_index_in_dim(buf, as_bits(value), t, 0)
 
 
 CONV_IMPLS = ("auto", "xla", "slices", "events")

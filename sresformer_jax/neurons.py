@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from .layers import as_bits, buffer_slice, scan_buffer
+from .layers import buffer_slice, buffer_write, scan_buffer
 
 SURROGATES = ("atan", "sigmoid")
 SPIKE_COUNTS = "spike_counts"  # optional collection: per-layer spike counts, for firing rates and SOPs
@@ -96,7 +96,7 @@ def _multistep_fwd(x_seq, k, tau, v_threshold, surrogate, alpha, unroll):
         x, t = inp
         h_prev = buffer_slice(h_buf, jnp.maximum(t - 1, 0), dtype)           # H[t−1]; zeros at t = 0
         v = (1.0 - spike(h_prev - v_threshold, surrogate, alpha)) * h_prev   # V[t−1]
-        return jax.lax.dynamic_update_index_in_dim(h_buf, as_bits(_charge(v, x, k, tau)), t, 0), None
+        return buffer_write(h_buf, t, _charge(v, x, k, tau)), None
 
     h_seq = scan_buffer(step, x_seq, (x_seq,), reverse=False, unroll=unroll)
     return spike(h_seq - v_threshold, surrogate, alpha), (h_seq, x_seq if tau is None else None, k)
@@ -112,7 +112,7 @@ def _multistep_bwd(tau, v_threshold, surrogate, alpha, unroll, res, ds_seq):
         h, ds, t = inp
         dv = (1 - kk) * buffer_slice(dh_buf, jnp.minimum(t + 1, last), dtype)  # dV[t]; zeros at t = T − 1
         dh = ds * surrogate_grad(h - v_threshold, surrogate, alpha) + dv * not_fired(h)
-        return jax.lax.dynamic_update_index_in_dim(dh_buf, as_bits(dh), t, 0), None
+        return buffer_write(dh_buf, t, dh), None
 
     dh_seq = scan_buffer(step, h_seq, (h_seq, ds_seq), reverse=True, unroll=unroll)
     if x_seq is None:                                                          # LIF: τ is a constant

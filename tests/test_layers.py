@@ -275,7 +275,7 @@ def test_scan_buffer_equals_a_scan_with_outputs(dtype):
     def step(buf, inp):
         x, t = inp
         prev = layers.buffer_slice(buf, jnp.maximum(t - 1, 0), dtype)
-        return jax.lax.dynamic_update_index_in_dim(buf, layers.as_bits(0.5 * prev + x), t, 0), None
+        return layers.buffer_write(buf, t, 0.5 * prev + x), None
 
     run = jax.jit(lambda xs: layers.scan_buffer(step, xs, (xs,)))
     chex.assert_trees_all_equal(run(xs), jax.lax.scan(plain, jnp.zeros_like(xs[0]), xs)[1])

@@ -218,16 +218,21 @@ struct Tile {
 };
 
 #if defined(__AVX512F__)
+// The lane masks of a 64-channel tile whose first `width` channels are live (four 16-lane registers).
+inline void tile_masks(int64_t width, __mmask16 m[4]) {
+  for (int k = 0; k < 4; ++k) {
+    const int64_t n = std::clamp<int64_t>(width - 16 * k, 0, 16);
+    m[k] = static_cast<__mmask16>(n == 16 ? 0xFFFF : (1u << n) - 1);
+  }
+}
+
 template <>
 struct Tile<float> {
   __m512 r[4];
   __mmask16 m[4];
   explicit Tile(int64_t w) {
-    for (int k = 0; k < 4; ++k) {
-      int64_t n = std::clamp<int64_t>(w - 16 * k, 0, 16);
-      m[k] = static_cast<__mmask16>(n == 16 ? 0xFFFF : (1u << n) - 1);
-      r[k] = _mm512_setzero_ps();
-    }
+    tile_masks(w, m);
+    for (int k = 0; k < 4; ++k) r[k] = _mm512_setzero_ps();
   }
   void fma(float v, const float* src) {
     const __m512 vv = _mm512_set1_ps(v);
@@ -420,10 +425,7 @@ template <typename E>
 void dense_block_f32(const Geometry& g, const typename E::In* const* xp, const char* live, const float* k_tile,
                      int64_t width, float* const dst[kPix], int64_t np) {
   __mmask16 m[4];
-  for (int k = 0; k < 4; ++k) {
-    int64_t n = std::clamp<int64_t>(width - 16 * k, 0, 16);
-    m[k] = static_cast<__mmask16>(n == 16 ? 0xFFFF : (1u << n) - 1);
-  }
+  tile_masks(width, m);
 #define ZERO4(p) __m512 r##p##0 = _mm512_setzero_ps(), r##p##1 = r##p##0, r##p##2 = r##p##0, r##p##3 = r##p##0;
   ZERO4(0) ZERO4(1) ZERO4(2) ZERO4(3) ZERO4(4) ZERO4(5)
 #undef ZERO4
