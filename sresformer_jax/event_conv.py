@@ -56,6 +56,11 @@ the environment. Read at trace time: set it before a function is jitted."""
 SOURCE = Path(__file__).with_name("csrc") / "event_conv.cc"
 CXX_FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno")
 _TYPES = {jnp.dtype(jnp.float32): "F32", jnp.dtype(jnp.float64): "F64", jnp.dtype(jnp.bfloat16): "BF16"}
+BYTES = jnp.dtype(jnp.uint8)
+"""The compact spike type: x as bytes (0/1), 4× less memory and traffic than float32 spikes; exact."""
+_TARGETS = {"EventConvFwd": ("F32", "F64", "BF16", "U8F32", "U8F64", "U8BF16"),
+            "EventConvKernelGrad": ("F32", "F64", "BF16", "U8F32", "U8F64"),
+            "DenseConvFwd": ("F32", "F64", "BF16")}
 
 
 class EventConvBuildError(RuntimeError):
@@ -139,8 +144,8 @@ def _register() -> None:
         lib = ctypes.CDLL(str(library_path()))
     except (OSError, subprocess.SubprocessError) as err:
         raise EventConvBuildError(str(err)) from err
-    for kind in ("EventConvFwd", "EventConvKernelGrad", "DenseConvFwd"):
-        for suffix in _TYPES.values():
+    for kind, suffixes in _TARGETS.items():
+        for suffix in suffixes:
             name = f"{kind}{suffix}"
             jax.ffi.register_ffi_target(f"sresformer_{name}", jax.ffi.pycapsule(getattr(lib, name)),
                                         platform="cpu")
@@ -156,10 +161,15 @@ def _out_hw(h: int, w: int, k: int, stride: int, padding: int) -> tuple[int, int
 
 def _call(target: str, out_shape: tuple[int, ...], x: jax.Array, operand: jax.Array, operand_dtype,
           stride: int, padding: int) -> jax.Array:
-    """One FFI call: ``target`` for x's dtype on (x, operand), result ``out_shape`` in the accumulation type."""
+    """One FFI call: ``target`` for x's dtype (bytes: and the operand's) on (x, operand), result ``out_shape``
+    in the accumulation type."""
     _register()
-    out = jax.ShapeDtypeStruct(tuple(out_shape), _acc_dtype(x.dtype))
-    return jax.ffi.ffi_call(f"sresformer_{target}{_TYPES[jnp.dtype(x.dtype)]}", out, vmap_method="sequential")(
+    if jnp.dtype(x.dtype) == BYTES:
+        suffix, acc = "U8" + _TYPES[jnp.dtype(operand_dtype)], _acc_dtype(operand_dtype)
+    else:
+        suffix, acc = _TYPES[jnp.dtype(x.dtype)], _acc_dtype(x.dtype)
+    return jax.ffi.ffi_call(f"sresformer_{target}{suffix}", jax.ShapeDtypeStruct(tuple(out_shape), acc),
+                            vmap_method="sequential")(
         x, operand.astype(operand_dtype), stride=np.int64(stride), padding=np.int64(padding))
 
 
@@ -170,21 +180,24 @@ def _conv_shape(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> t
 
 def conv(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
     """y = conv(x, K) over the events of ``x`` [N, H, W, C]; ``kernel`` [k, k, C/g, O] (groups = C / (C/g)),
-    same dtype as x (float32, float64 or bfloat16). Returns [N, Ho, Wo, O] in float32 (float64 for float64).
-    Not differentiable by itself (``layers`` wraps it in a custom VJP)."""
-    return _call("EventConvFwd", _conv_shape(x, kernel, stride, padding), x, kernel, x.dtype, stride, padding)
+    same dtype as x (float32, float64 or bfloat16), or x in bytes (``BYTES``: spikes, each byte its value).
+    Returns [N, Ho, Wo, O] in float32 (float64 for float64). Not differentiable by itself (``layers`` wraps
+    it in a custom VJP)."""
+    kdtype = kernel.dtype if jnp.dtype(x.dtype) == BYTES else x.dtype
+    return _call("EventConvFwd", _conv_shape(x, kernel, stride, padding), x, kernel, kdtype, stride, padding)
 
 
 def kernel_grad(x: jax.Array, dy: jax.Array, kernel_shape: tuple[int, ...], stride: int,
                 padding: int) -> jax.Array:
     """dK [k, k, C/g, O] = Σ over the events of ``x`` of x · dy (``dy`` [N, Ho, Wo, O]), in float32 (float64
-    for float64 x)."""
-    return _call("EventConvKernelGrad", kernel_shape, x, dy, _acc_dtype(x.dtype), stride, padding)
+    for float64 x; for byte x, in dy's type, float32 or float64)."""
+    acc = dy.dtype if jnp.dtype(x.dtype) == BYTES else _acc_dtype(x.dtype)
+    return _call("EventConvKernelGrad", kernel_shape, x, dy, acc, stride, padding)
 
 
 def dense_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
     """The same convolution as a dense direct one (no event lists; for a dense input such as the gradient dy
     of the input-gradient convolution): a task is one group of a band of output pixels, so that group's kernel
-    stays in L2; six output pixels share each kernel row, each input value is read once per tap. Same dtypes as
-    ``conv``."""
+    stays in L2; six output pixels share each kernel row, each input value is read once per tap. Float
+    dtypes as ``conv`` (no bytes)."""
     return _call("DenseConvFwd", _conv_shape(x, kernel, stride, padding), x, kernel, x.dtype, stride, padding)

@@ -136,7 +136,7 @@ def resolve_conv_impl(impl: str = "auto", events: bool = False, dtype=None) -> s
 
 
 def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: int = 0,
-           groups: int = 1, impl: str = "auto", events: bool = False) -> jax.Array:
+           groups: int = 1, impl: str = "auto", events: bool = False, binary: bool = False) -> jax.Array:
     """2-D cross-correlation, NHWC × HWIO → NHWC, explicit symmetric zero padding (PyTorch's):
 
         y[n, a, b, o] = Σ_{i, j < k} Σ_{c < Cin/g} x̃[n, s·a + i, s·b + j, g(o)·Cin/g + c] · K[i, j, c, o],
@@ -146,6 +146,8 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: int = 0,
     ``impl``: ``"xla"`` (``lax.conv_general_dilated``), ``"slices"`` (matmuls, ``_conv_slices``),
     ``"events"`` (event-driven kernels, ``_event_conv``) or ``"auto"`` (see ``resolve_conv_impl``).
     ``events``: ``x`` is a spike tensor (mostly zeros), for which ``"auto"`` picks the event kernels on CPU.
+    ``binary``: ``x`` holds only 0 and 1 (a neuron's spikes): the event kernels then read, and the backward
+    keeps, ``x`` as bytes (exact; a quarter of float32's memory and traffic). Other values would be truncated.
     All lowerings give the same values and gradients up to rounding. Low-precision (bf16/f16) operands are
     accumulated in float32 and give a float32 result (see ``dot``).
     """
@@ -161,32 +163,37 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: int = 0,
     elif impl == "events":
         if c % kernel.shape[2] or c // kernel.shape[2] != groups:
             raise ValueError(f"conv2d: kernel {kernel.shape} does not match {c} input channels in {groups} groups")
-        y = _event_conv(x4, kernel, stride, padding)
+        y = _event_conv(x4, kernel, stride, padding, binary)
     else:
         y = _conv_slices(x4, kernel, stride, padding, groups)
     return y.reshape(lead + y.shape[1:])
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _event_conv(x, kernel, stride, padding):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _event_conv(x, kernel, stride, padding, binary):
     """Convolution of a spike tensor on the event kernels (``event_conv``: work ∝ the number of spikes):
 
         y  = Σ_events x · K            (forward, event kernel)
         dK = Σ_events x · dy           (event kernel)
         dx = conv(dy, K̃)               (dense: a direct-convolution kernel for stride-1 k×k, k > 1;
                                         ``_conv_input_grad`` (XLA) otherwise)
+
+    ``binary``: both kernels read x as bytes, and the backward keeps those (XLA fuses the conversion into
+    the neuron that fires x, so float spikes are never written).
     """
-    return event_conv.conv(x, kernel, stride, padding)
+    return _event_conv_fwd(x, kernel, stride, padding, binary)[0]
 
 
-def _event_conv_fwd(x, kernel, stride, padding):
-    return event_conv.conv(x, kernel, stride, padding), (x, kernel)
+def _event_conv_fwd(x, kernel, stride, padding, binary):
+    events = x.astype(event_conv.BYTES) if binary else x
+    return event_conv.conv(events, kernel, stride, padding), (events, kernel)
 
 
-def _event_conv_bwd(stride, padding, res, dy):
-    x, kernel = res
-    groups = x.shape[-1] // kernel.shape[2]
-    dk = event_conv.kernel_grad(x, dy, kernel.shape, stride, padding).astype(kernel.dtype)
+def _event_conv_bwd(stride, padding, binary, res, dy):
+    events, kernel = res
+    groups = events.shape[-1] // kernel.shape[2]
+    dk = event_conv.kernel_grad(events, dy, kernel.shape, stride, padding).astype(kernel.dtype)
+    x = events.astype(kernel.dtype)                 # only its shape and dtype are used (dx is linear in dy)
     return _conv_input_grad(dy, kernel, x, stride, padding, groups, direct=True), dk
 
 
@@ -483,7 +490,7 @@ class ConvBN(nn.Module):
     stride: int = 1
     padding: int = 0
     groups: int = 1
-    spikes: bool = False               # x is a spike tensor: event-driven kernels on CPU (``conv2d``)
+    spikes: bool = False               # x is a spike tensor (0/1): event-driven kernels on CPU, bytes (``conv2d``)
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
 
@@ -495,5 +502,5 @@ class ConvBN(nn.Module):
                             self.param_dtype)
         dtype = self.dtype or x.dtype
         y = conv2d(x.astype(dtype), kernel.astype(dtype), self.stride, self.padding, self.groups,
-                   events=self.spikes)
+                   events=self.spikes, binary=self.spikes)
         return BatchNorm(dtype=dtype, param_dtype=self.param_dtype, name="bn")(y, train, repeat)

@@ -107,6 +107,24 @@ def test_bfloat16_spikes_accumulate_in_float32():
         jnp.max(jnp.abs(dk_ref))))
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float64])
+def test_byte_spikes_equal_float_spikes(dtype, x64):
+    """Spikes as bytes give the float spikes' forward and kernel gradient exactly (the same events, summed
+    in the same order), for a float32, bfloat16 or float64 kernel; strided, padded and grouped."""
+    for shape, kshape, stride, padding in (((3, 9, 7, 128), (3, 3, 64, 96), 1, 1),
+                                           ((2, 8, 8, 70), (3, 3, 70, 24), 2, 1),
+                                           ((2, 8, 8, 16), (2, 2, 16, 8), 2, 0)):
+        x = _spikes(shape, 0.15, dtype)
+        k = _normal(kshape, dtype)
+        y = event_conv.conv(x, k, stride, padding)
+        y8 = event_conv.conv(x.astype(event_conv.BYTES), k, stride, padding)
+        assert y8.dtype == y.dtype
+        np.testing.assert_array_equal(y8, y)
+        dy = _normal(y.shape, y.dtype, seed=4)
+        np.testing.assert_array_equal(event_conv.kernel_grad(x.astype(event_conv.BYTES), dy, kshape, stride, padding),
+                                      event_conv.kernel_grad(x, dy, kshape, stride, padding))
+
+
 def test_vmap_and_jit():
     x = _spikes((3, 2, 6, 6, 8), 0.2)
     k = _normal((3, 3, 8, 4))
@@ -139,7 +157,8 @@ def test_model_training_step_runs_on_the_event_kernels(monkeypatch):
 
     variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, train=True))
     hlo = jax.jit(jax.grad(loss)).lower(variables).as_text()
-    fwd, grad = hlo.count("sresformer_EventConvFwdF32"), hlo.count("sresformer_EventConvKernelGradF32")
+    # spikes read as bytes (binary): the U8 handlers, with the float32 kernel and dy
+    fwd, grad = hlo.count("sresformer_EventConvFwdU8F32"), hlo.count("sresformer_EventConvKernelGradU8F32")
     # per stage: DSSA kv + proj, GWFFN up + conv + down; stages 2-3: a downsample
     assert fwd == grad == 3 * 5 + 2, (fwd, grad)
     monkeypatch.setattr(event_conv, "EVENT_CONV", "off")

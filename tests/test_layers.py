@@ -60,7 +60,7 @@ def _value_and_grads(fn, x, kernel, cotangent):
     return (y,) + vjp(cotangent)
 
 
-def _compare(case, dtype, tol, impl="slices", spikes=False):
+def _compare(case, dtype, tol, impl="slices", spikes=False, binary=False):
     shape, k, s, p, g, cout = CASES[case]
     x = _normal(shape, dtype)
     if spikes:                                                   # ~20 % ones, the rest exact zeros
@@ -71,7 +71,7 @@ def _compare(case, dtype, tol, impl="slices", spikes=False):
     assert y_ref.shape[-3:-1] == ((h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1)
     ct = _normal(y_ref.shape, dtype, seed=2)
     want = _value_and_grads(functools.partial(reference, stride=s, padding=p, groups=g), x, kernel, ct)
-    got = _value_and_grads(functools.partial(conv2d, stride=s, padding=p, groups=g, impl=impl),
+    got = _value_and_grads(functools.partial(conv2d, stride=s, padding=p, groups=g, impl=impl, binary=binary),
                            x, kernel, ct)
     for name, a, b in zip(("y", "dx", "dkernel"), got, want):
         assert a.shape == b.shape and a.dtype == b.dtype, name
@@ -94,13 +94,15 @@ def test_slices_equals_xla_float32(case):
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_events_equals_xla_float64(case, spikes, x64, event_kernels):
     """The event kernels (forward and dK) with XLA's dx equal XLA's convolution in value and gradients, for
-    spike inputs and for dense real inputs alike (zeros are skipped, nothing else)."""
-    _compare(case, jnp.float64, 1e-12, impl="events", spikes=spikes)
+    spikes (read as bytes, ``binary``, as the model's convolutions do) and for dense real inputs (zeros are
+    skipped, nothing else)."""
+    _compare(case, jnp.float64, 1e-12, impl="events", spikes=spikes, binary=spikes)
 
 
+@pytest.mark.parametrize("binary", [True, False], ids=["bytes", "float"])
 @pytest.mark.parametrize("case", F32_CASES)
-def test_events_equals_xla_float32(case, event_kernels):
-    _compare(case, jnp.float32, 1e-5, impl="events", spikes=True)
+def test_events_equals_xla_float32(case, binary, event_kernels):
+    _compare(case, jnp.float32, 1e-5, impl="events", spikes=True, binary=binary)
 
 
 def test_xla_impl_is_lax_conv():

@@ -63,6 +63,13 @@ template <> struct Elem<ffi::BF16> {
   }
   static bool nonzero(uint16_t b) { return (b & 0x7fff) != 0; }
 };
+// Spikes as bytes (``layers.conv2d(..., binary=True)``): the value is the byte (0 or 1 for spikes). Only ever
+// the input x; the kernel's type sets the accumulation type.
+template <> struct Elem<ffi::U8> {
+  using In = uint8_t;
+  static float load(uint8_t b) { return b; }
+  static bool nonzero(uint8_t b) { return b != 0; }
+};
 
 // dst[0:n] += v · src[0:n] (the innermost loop of both kernels).
 template <typename A>
@@ -146,8 +153,9 @@ void run_tasks(ffi::ThreadPool& pool, int64_t ntasks, int64_t nworkers, const F&
   while (st->done.load() < ntasks) std::this_thread::yield();
 }
 
-// Calls f(c) for every c < n with a nonzero px[c], in increasing order.  With AVX-512, 16 (float) or 32
-// (bfloat16) channels are tested at once: at SpikingResformer's firing rates most blocks have no event.
+// Calls f(c) for every c < n with a nonzero px[c], in increasing order.  With AVX-512, 16 (float), 32
+// (bfloat16) or 64 (byte) channels are tested at once: at SpikingResformer's firing rates most blocks have no
+// event.
 template <typename E, typename F>
 inline void for_each_nonzero(const typename E::In* px, int64_t n, const F& f) {
   int64_t c = 0;
@@ -162,6 +170,11 @@ inline void for_each_nonzero(const typename E::In* px, int64_t n, const F& f) {
     for (; c + 32 <= n; c += 32) {
       uint32_t m = _mm512_test_epi16_mask(_mm512_loadu_si512(px + c), magnitude);
       for (; m; m &= m - 1) f(c + __builtin_ctz(m));
+    }
+  } else if constexpr (std::is_same_v<typename E::In, uint8_t>) {
+    for (; c + 64 <= n; c += 64) {
+      const __m512i v = _mm512_loadu_si512(px + c);
+      for (uint64_t m = _mm512_test_epi8_mask(v, v); m; m &= m - 1) f(c + __builtin_ctzll(m));
     }
   }
 #endif
@@ -195,7 +208,7 @@ struct Events {
           const int32_t group_out = static_cast<int32_t>(grp * g.cgo);
           for_each_nonzero<E>(pg, g.cg, [&](int64_t c) {
             ko[count] = static_cast<int32_t>(c * g.co) + group_out;
-            va[count] = E::load(pg[c]);
+            va[count] = static_cast<A>(E::load(pg[c]));
             ++count;
           });
         }
@@ -293,8 +306,8 @@ std::vector<typename E::Acc> widen(const typename E::In* k, size_t count) {
 }
 
 // Shapes checked, and the kernel in the accumulation type (widened once from bfloat16), for both forwards.
-template <ffi::DataType D>
-ffi::Error forward_setup(const ffi::Buffer<D>& x, const ffi::Buffer<D>& k, ffi::Span<const int64_t> yd,
+template <ffi::DataType DX, ffi::DataType D>
+ffi::Error forward_setup(const ffi::Buffer<DX>& x, const ffi::Buffer<D>& k, ffi::Span<const int64_t> yd,
                          int64_t stride, int64_t padding,
                          Geometry* g, std::vector<typename Elem<D>::Acc>* kwide,
                          const typename Elem<D>::Acc** kern) {
@@ -311,18 +324,19 @@ ffi::Error forward_setup(const ffi::Buffer<D>& x, const ffi::Buffer<D>& k, ffi::
   return ffi::Error::Success();
 }
 
-// y = conv(x, K): every output pixel sums its taps' events.
-template <ffi::DataType D>
-ffi::Error EventConvFwd(ffi::ThreadPool pool, ffi::Buffer<D> x, ffi::Buffer<D> k,
+// y = conv(x, K): every output pixel sums its taps' events.  x is of type DX (D, or bytes), K of type D.
+template <ffi::DataType DX, ffi::DataType D>
+ffi::Error EventConvFwd(ffi::ThreadPool pool, ffi::Buffer<DX> x, ffi::Buffer<D> k,
                         ffi::ResultBuffer<Elem<D>::kAcc> y, int64_t stride, int64_t padding) {
-  using E = Elem<D>;
-  using A = typename E::Acc;
+  using X = Elem<DX>;
+  using A = typename Elem<D>::Acc;
   Geometry g;
   std::vector<A> kwide;
   const A* kern;
-  if (auto err = forward_setup<D>(x, k, y->dimensions(), stride, padding, &g, &kwide, &kern); err.failure()) return err;
+  if (auto err = forward_setup<DX, D>(x, k, y->dimensions(), stride, padding, &g, &kwide, &kern); err.failure())
+    return err;
   A* out = y->typed_data();
-  const typename E::In* xin = x.typed_data();
+  const typename X::In* xin = x.typed_data();
   const int64_t rpt = rows_per_task(g, pool.num_threads());
   const int64_t ntasks = g.n * ((g.ho + rpt - 1) / rpt);
   const int64_t nw = workers(pool, ntasks);
@@ -332,7 +346,7 @@ ffi::Error EventConvFwd(ffi::ThreadPool pool, ffi::Buffer<D> x, ffi::Buffer<D> k
   run_tasks(pool, ntasks, nw, [&](int64_t w, int64_t t) {
     Events<A>& e = ev[w];
     const Band bd(g, rpt, t);
-    if (bd.r1 > bd.r0) e.template build<E>(xin, g, bd.img, bd.r0, bd.r1);
+    if (bd.r1 > bd.r0) e.template build<X>(xin, g, bd.img, bd.r0, bd.r1);
     std::vector<Tap> taps;
     for (int64_t a = bd.a0; a < bd.a1; ++a)
       for (int64_t b = 0; b < g.wo; ++b) {
@@ -353,12 +367,140 @@ ffi::Error EventConvFwd(ffi::ThreadPool pool, ffi::Buffer<D> x, ffi::Buffer<D> k
   return ffi::Error::Success();
 }
 
-// dK = Σ_events x · dy.
-template <ffi::DataType D>
-ffi::Error EventConvKernelGrad(ffi::ThreadPool pool, ffi::Buffer<D> x, ffi::Buffer<Elem<D>::kAcc> dy,
-                               ffi::ResultBuffer<Elem<D>::kAcc> dk, int64_t stride, int64_t padding) {
-  using E = Elem<D>;
-  using A = typename E::Acc;
+#if defined(__AVX512F__)
+template <typename A>
+constexpr bool kAvx512Float = std::is_same_v<A, float>;
+#else
+template <typename A>
+constexpr bool kAvx512Float = false;
+#endif
+
+// acc[0:width] += v · row[0:width] for the pointwise kernel gradient, width ≤ 256: sixteen float32 registers.
+template <typename A>
+struct RowAcc {
+  static constexpr int64_t kMax = 256;
+  A r[kMax];
+  int64_t width;
+  explicit RowAcc(int64_t w) : width(w) { std::fill(r, r + w, A(0)); }
+  void fma(A v, const A* __restrict row) {
+    for (int64_t o = 0; o < width; ++o) r[o] += v * row[o];
+  }
+  void add_to(A* __restrict dst) const {
+    for (int64_t o = 0; o < width; ++o) dst[o] += r[o];
+  }
+};
+
+#if defined(__AVX512F__)
+template <>
+struct RowAcc<float> {
+  static constexpr int64_t kMax = 256;
+  __m512 r[16];
+  __mmask16 m[16];
+  int nz;  // registers in use (4, 8 or 16)
+  explicit RowAcc(int64_t w) : nz(w <= 64 ? 4 : w <= 128 ? 8 : 16) {
+    for (int k = 0; k < 16; ++k) {
+      const int64_t n = std::clamp<int64_t>(w - 16 * k, 0, 16);
+      m[k] = static_cast<__mmask16>(n == 16 ? 0xFFFF : (1u << n) - 1);
+      r[k] = _mm512_setzero_ps();
+    }
+  }
+  template <int NZ>
+  void fma_n(float v, const float* row) {
+    const __m512 vv = _mm512_set1_ps(v);
+#pragma GCC unroll 16
+    for (int k = 0; k < NZ; ++k) r[k] = _mm512_fmadd_ps(vv, _mm512_maskz_loadu_ps(m[k], row + 16 * k), r[k]);
+  }
+  void add_to(float* dst) const {
+    for (int k = 0; k < nz; ++k)
+      _mm512_mask_storeu_ps(dst + 16 * k, m[k], _mm512_add_ps(_mm512_maskz_loadu_ps(m[k], dst + 16 * k), r[k]));
+  }
+};
+#endif
+
+// The kernel gradient of a convolution whose taps do not overlap: k×k patches, stride k, no padding (the
+// 1×1 up/down/proj projections, k = 1, and DSSA's patch embedding).  Every event then feeds exactly one
+// output pixel through one tap, so dK[tap, c, o] = Σ x[p·k + tap, c]·dy[p, o] is a sparse × dense product.
+// Per chunk of output pixels (their dy rows fit in L2) the events are listed per (tap, channel); each list
+// sums its pixels' dy rows in registers (≤ 256 outputs at a time) and adds them to its kernel row once.
+// (The generic path below adds every event's product to a kernel row in memory: for 384 × 1536 that
+// partial kernel, 2.4 MB, does not fit in L2.)
+template <typename X, typename A>
+void kernel_grad_patches(ffi::ThreadPool& pool, const typename X::In* xin, const A* dy, const Geometry& g,
+                         A* out) {
+  const int64_t pixels = g.n * g.ho * g.wo, taps = g.kh * g.kw, lists = taps * g.c;
+  const int64_t chunk = std::clamp<int64_t>((int64_t{1} << 20) / (g.co * static_cast<int64_t>(sizeof(A))), 16, 1024);
+  const int64_t ntasks = (pixels + chunk - 1) / chunk;
+  const int64_t nw = workers(pool, ntasks), nslots = std::min<int64_t>(ntasks, nw);
+  const size_t ksize = static_cast<size_t>(taps * g.cg * g.co);
+  struct Lists {
+    std::vector<int32_t> start, next, pix;
+    std::vector<A> val;
+  };
+  std::vector<Lists> per_worker(nw);
+  std::vector<std::vector<A>> partial(nslots);
+  run_tasks(pool, nslots, nw, [&](int64_t w, int64_t slot) {   // fixed ranges, summed in order (deterministic)
+    partial[slot].assign(ksize, A(0));
+    Lists& L = per_worker[w];
+    for (int64_t t = slot * ntasks / nslots; t < (slot + 1) * ntasks / nslots; ++t) {
+      const int64_t p0 = t * chunk, p1 = std::min(pixels, p0 + chunk);
+      // f(list, input row) for every tap of every output pixel of the chunk
+      auto for_each_tap = [&](auto&& f) {
+        for (int64_t p = p0; p < p1; ++p) {
+          const int64_t img = p / (g.ho * g.wo), a = p / g.wo % g.ho, b = p % g.wo;
+          for (int64_t i = 0; i < g.kh; ++i)
+            for (int64_t j = 0; j < g.kw; ++j)
+              f(p - p0, (i * g.kw + j) * g.c, xin + ((img * g.h + a * g.kh + i) * g.w + b * g.kw + j) * g.c);
+        }
+      };
+      L.start.assign(lists + 1, 0);
+      for_each_tap([&](int64_t, int64_t l0, const typename X::In* px) {
+        for_each_nonzero<X>(px, g.c, [&](int64_t c) { ++L.start[l0 + c + 1]; });
+      });
+      for (int64_t l = 0; l < lists; ++l) L.start[l + 1] += L.start[l];
+      L.pix.resize(L.start[lists]), L.val.resize(L.start[lists]);
+      L.next.assign(L.start.begin(), L.start.end() - 1);
+      for_each_tap([&](int64_t q, int64_t l0, const typename X::In* px) {
+        for_each_nonzero<X>(px, g.c, [&](int64_t c) {
+          const int32_t n = L.next[l0 + c]++;
+          L.pix[n] = static_cast<int32_t>(q), L.val[n] = static_cast<A>(X::load(px[c]));
+        });
+      });
+      const A* dy0 = dy + p0 * g.co;
+      for (int64_t l = 0; l < lists; ++l) {
+        const int32_t n0 = L.start[l], n1 = L.start[l + 1];
+        if (n0 == n1) continue;
+        const int64_t tap = l / g.c, c = l % g.c, grp = c / g.cg;
+        A* krow = partial[slot].data() + (tap * g.cg + c % g.cg) * g.co + grp * g.cgo;
+        for (int64_t o0 = 0; o0 < g.cgo; o0 += RowAcc<A>::kMax) {
+          RowAcc<A> acc(std::min<int64_t>(RowAcc<A>::kMax, g.cgo - o0));
+          const A* col = dy0 + grp * g.cgo + o0;
+          if constexpr (kAvx512Float<A>) {                  // a register count fixed per loop
+            if (acc.nz == 4)
+              for (int32_t n = n0; n < n1; ++n) acc.template fma_n<4>(L.val[n], col + L.pix[n] * g.co);
+            else if (acc.nz == 8)
+              for (int32_t n = n0; n < n1; ++n) acc.template fma_n<8>(L.val[n], col + L.pix[n] * g.co);
+            else
+              for (int32_t n = n0; n < n1; ++n) acc.template fma_n<16>(L.val[n], col + L.pix[n] * g.co);
+          } else {
+            for (int32_t n = n0; n < n1; ++n) acc.fma(L.val[n], col + L.pix[n] * g.co);
+          }
+          acc.add_to(krow + o0);
+        }
+      }
+    }
+  });
+  std::fill(out, out + ksize, A(0));
+  for (auto& p : partial)
+    if (!p.empty())
+      for (size_t i = 0; i < ksize; ++i) out[i] += p[i];
+}
+
+// dK = Σ_events x · dy.  x is of type DX; dy and dK of the accumulation type ACC (float32 or float64).
+template <ffi::DataType DX, ffi::DataType ACC>
+ffi::Error EventConvKernelGrad(ffi::ThreadPool pool, ffi::Buffer<DX> x, ffi::Buffer<ACC> dy,
+                               ffi::ResultBuffer<ACC> dk, int64_t stride, int64_t padding) {
+  using E = Elem<DX>;
+  using A = typename Elem<ACC>::Acc;
   Geometry g;
   if (auto err = make_geometry(x.dimensions(), dk->dimensions(), stride, padding, &g); err.failure()) return err;
   auto dd = dy.dimensions();
@@ -366,6 +508,10 @@ ffi::Error EventConvKernelGrad(ffi::ThreadPool pool, ffi::Buffer<D> x, ffi::Buff
     return ffi::Error::InvalidArgument("event_conv: dy shape does not match the convolution");
   const typename E::In* xin = x.typed_data();
   const A* dyp = dy.typed_data();
+  if (g.kh == g.stride && g.kw == g.stride && g.pad == 0) {             // non-overlapping taps
+    kernel_grad_patches<E, A>(pool, xin, dyp, g, dk->typed_data());
+    return ffi::Error::Success();
+  }
   const size_t ksize = dk->element_count();
   const int64_t rpt = rows_per_task(g, pool.num_threads());
   const int64_t ntasks = g.n * ((g.ho + rpt - 1) / rpt);
@@ -468,7 +614,8 @@ ffi::Error DenseConvFwd(ffi::ThreadPool pool, ffi::Buffer<D> x, ffi::Buffer<D> k
   Geometry g;
   std::vector<A> kwide;
   const A* kern;
-  if (auto err = forward_setup<D>(x, k, y->dimensions(), stride, padding, &g, &kwide, &kern); err.failure()) return err;
+  if (auto err = forward_setup<D, D>(x, k, y->dimensions(), stride, padding, &g, &kwide, &kern); err.failure())
+    return err;
   A* out = y->typed_data();
   const In* xin = x.typed_data();
   const std::vector<In> zeros(g.c, In(0));          // the input row of a pixel outside the image
@@ -522,22 +669,41 @@ ffi::Error DenseConvFwd(ffi::ThreadPool pool, ffi::Buffer<D> x, ffi::Buffer<D> k
 
 }  // namespace
 
-// Handlers per input type D (SUFFIX F32, F64, BF16), accumulating in ACC: the event forward, the event
-// kernel gradient (second operand dy in ACC) and the dense forward.
-#define CONV_HANDLER(NAME, SUFFIX, D, ARG2, ACC)                            \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(NAME##SUFFIX, NAME<D>,                      \
-                                ffi::Ffi::Bind()                            \
-                                    .Ctx<ffi::ThreadPool>()                 \
-                                    .Arg<ffi::Buffer<D>>()                  \
-                                    .Arg<ffi::Buffer<ARG2>>()               \
-                                    .Ret<ffi::Buffer<ACC>>()                \
-                                    .Attr<int64_t>("stride")                \
+// Handlers, named by the input type (F32, F64, BF16) or, for byte spikes x, U8 and the type of the second
+// operand (the kernel K for the forward, dy for the kernel gradient).  Results are in the accumulation type
+// ACC (float32; float64 for float64).  The dense forward takes float inputs only.
+#define HANDLER(NAME, IMPL, X, ARG2, ACC)                     \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NAME, IMPL,                   \
+                                ffi::Ffi::Bind()              \
+                                    .Ctx<ffi::ThreadPool>()   \
+                                    .Arg<ffi::Buffer<X>>()    \
+                                    .Arg<ffi::Buffer<ARG2>>() \
+                                    .Ret<ffi::Buffer<ACC>>()  \
+                                    .Attr<int64_t>("stride")  \
                                     .Attr<int64_t>("padding"));
-#define CONV_HANDLERS(SUFFIX, D, ACC)                    \
-  CONV_HANDLER(EventConvFwd, SUFFIX, D, D, ACC)          \
-  CONV_HANDLER(EventConvKernelGrad, SUFFIX, D, ACC, ACC) \
-  CONV_HANDLER(DenseConvFwd, SUFFIX, D, D, ACC)
+// (function pointers first: a template-id's comma would split the macro's arguments)
+#define FORWARD(SUFFIX, X, D, ACC)                                         \
+  namespace {                                                              \
+  constexpr auto EventConvFwd_##SUFFIX = &EventConvFwd<X, D>;              \
+  }                                                                        \
+  HANDLER(EventConvFwd##SUFFIX, EventConvFwd_##SUFFIX, X, D, ACC)
+#define KERNEL_GRAD(SUFFIX, X, ACC)                                        \
+  namespace {                                                              \
+  constexpr auto EventConvKernelGrad_##SUFFIX = &EventConvKernelGrad<X, ACC>; \
+  }                                                                        \
+  HANDLER(EventConvKernelGrad##SUFFIX, EventConvKernelGrad_##SUFFIX, X, ACC, ACC)
 
-CONV_HANDLERS(F32, ffi::F32, ffi::F32)
-CONV_HANDLERS(F64, ffi::F64, ffi::F64)
-CONV_HANDLERS(BF16, ffi::BF16, ffi::F32)
+FORWARD(F32, ffi::F32, ffi::F32, ffi::F32)
+FORWARD(F64, ffi::F64, ffi::F64, ffi::F64)
+FORWARD(BF16, ffi::BF16, ffi::BF16, ffi::F32)
+FORWARD(U8F32, ffi::U8, ffi::F32, ffi::F32)
+FORWARD(U8F64, ffi::U8, ffi::F64, ffi::F64)
+FORWARD(U8BF16, ffi::U8, ffi::BF16, ffi::F32)
+KERNEL_GRAD(F32, ffi::F32, ffi::F32)
+KERNEL_GRAD(F64, ffi::F64, ffi::F64)
+KERNEL_GRAD(BF16, ffi::BF16, ffi::F32)
+KERNEL_GRAD(U8F32, ffi::U8, ffi::F32)
+KERNEL_GRAD(U8F64, ffi::U8, ffi::F64)
+HANDLER(DenseConvFwdF32, DenseConvFwd<ffi::F32>, ffi::F32, ffi::F32, ffi::F32)
+HANDLER(DenseConvFwdF64, DenseConvFwd<ffi::F64>, ffi::F64, ffi::F64, ffi::F64)
+HANDLER(DenseConvFwdBF16, DenseConvFwd<ffi::BF16>, ffi::BF16, ffi::BF16, ffi::F32)
