@@ -259,6 +259,72 @@ struct Tile<float> {
 };
 #endif
 
+#if defined(__AVX512F__)
+template <typename A>
+constexpr bool kAvx512Float = std::is_same_v<A, float>;
+#else
+template <typename A>
+constexpr bool kAvx512Float = false;
+#endif
+
+// acc[0:width] += v · row[0:width], width ≤ 256 (sixteen float32 registers): the rows of kernel_grad_lists.
+template <typename A>
+struct RowAcc {
+  static constexpr int64_t kMax = 256;
+  A r[kMax];
+  int64_t width;
+  explicit RowAcc(int64_t w) : width(w) { std::fill(r, r + w, A(0)); }
+  void fma(A v, const A* __restrict row) {
+    for (int64_t o = 0; o < width; ++o) r[o] += v * row[o];
+  }
+  void add_to(A* __restrict dst) const {
+    for (int64_t o = 0; o < width; ++o) dst[o] += r[o];
+  }
+};
+
+#if defined(__AVX512F__)
+template <>
+struct RowAcc<float> {
+  static constexpr int64_t kMax = 256;
+  __m512 r[16];
+  __mmask16 m[16];
+  int nz;  // registers in use (4, 8 or 16)
+  explicit RowAcc(int64_t w) : nz(w <= 64 ? 4 : w <= 128 ? 8 : 16) {
+    for (int k = 0; k < nz; ++k) {
+      const int64_t n = std::clamp<int64_t>(w - 16 * k, 0, 16);
+      m[k] = static_cast<__mmask16>(n == 16 ? 0xFFFF : (1u << n) - 1);
+      r[k] = _mm512_setzero_ps();
+    }
+  }
+  template <int NZ>
+  void fma_n(float v, const float* row) {
+    const __m512 vv = _mm512_set1_ps(v);
+#pragma GCC unroll 16
+    for (int k = 0; k < NZ; ++k) r[k] = _mm512_fmadd_ps(vv, _mm512_maskz_loadu_ps(m[k], row + 16 * k), r[k]);
+  }
+  void add_to(float* dst) const {
+    for (int k = 0; k < nz; ++k)
+      _mm512_mask_storeu_ps(dst + 16 * k, m[k], _mm512_add_ps(_mm512_maskz_loadu_ps(m[k], dst + 16 * k), r[k]));
+  }
+};
+#endif
+
+// body(fma) with fma(v, row) adding v·row to `acc`: one loop per register count, so that the accumulators
+// stay in registers.
+template <typename A, typename Body>
+inline void with_row_acc(RowAcc<A>& acc, const Body& body) {
+  if constexpr (kAvx512Float<A>) {
+    if (acc.nz == 4)
+      body([&](A v, const A* row) { acc.template fma_n<4>(v, row); });
+    else if (acc.nz == 8)
+      body([&](A v, const A* row) { acc.template fma_n<8>(v, row); });
+    else
+      body([&](A v, const A* row) { acc.template fma_n<16>(v, row); });
+  } else {
+    body([&](A v, const A* row) { acc.fma(v, row); });
+  }
+}
+
 // A task: image `img`, output rows [a0, a1), whose taps read input rows [r0, r1).
 struct Band {
   int64_t img, a0, a1, r0, r1;
@@ -367,65 +433,15 @@ ffi::Error EventConvFwd(ffi::ThreadPool pool, ffi::Buffer<DX> x, ffi::Buffer<D> 
   return ffi::Error::Success();
 }
 
-#if defined(__AVX512F__)
-template <typename A>
-constexpr bool kAvx512Float = std::is_same_v<A, float>;
-#else
-template <typename A>
-constexpr bool kAvx512Float = false;
-#endif
-
-// acc[0:width] += v · row[0:width] for the pointwise kernel gradient, width ≤ 256: sixteen float32 registers.
-template <typename A>
-struct RowAcc {
-  static constexpr int64_t kMax = 256;
-  A r[kMax];
-  int64_t width;
-  explicit RowAcc(int64_t w) : width(w) { std::fill(r, r + w, A(0)); }
-  void fma(A v, const A* __restrict row) {
-    for (int64_t o = 0; o < width; ++o) r[o] += v * row[o];
-  }
-  void add_to(A* __restrict dst) const {
-    for (int64_t o = 0; o < width; ++o) dst[o] += r[o];
-  }
-};
-
-#if defined(__AVX512F__)
-template <>
-struct RowAcc<float> {
-  static constexpr int64_t kMax = 256;
-  __m512 r[16];
-  __mmask16 m[16];
-  int nz;  // registers in use (4, 8 or 16)
-  explicit RowAcc(int64_t w) : nz(w <= 64 ? 4 : w <= 128 ? 8 : 16) {
-    for (int k = 0; k < 16; ++k) {
-      const int64_t n = std::clamp<int64_t>(w - 16 * k, 0, 16);
-      m[k] = static_cast<__mmask16>(n == 16 ? 0xFFFF : (1u << n) - 1);
-      r[k] = _mm512_setzero_ps();
-    }
-  }
-  template <int NZ>
-  void fma_n(float v, const float* row) {
-    const __m512 vv = _mm512_set1_ps(v);
-#pragma GCC unroll 16
-    for (int k = 0; k < NZ; ++k) r[k] = _mm512_fmadd_ps(vv, _mm512_maskz_loadu_ps(m[k], row + 16 * k), r[k]);
-  }
-  void add_to(float* dst) const {
-    for (int k = 0; k < nz; ++k)
-      _mm512_mask_storeu_ps(dst + 16 * k, m[k], _mm512_add_ps(_mm512_maskz_loadu_ps(m[k], dst + 16 * k), r[k]));
-  }
-};
-#endif
-
-// The kernel gradient of a convolution whose taps do not overlap: k×k patches, stride k, no padding (the
-// 1×1 up/down/proj projections, k = 1, and DSSA's patch embedding).  Every event then feeds exactly one
-// output pixel through one tap, so dK[tap, c, o] = Σ x[p·k + tap, c]·dy[p, o] is a sparse × dense product.
-// Per chunk of output pixels (their dy rows fit in L2) the events are listed per (tap, channel); each list
-// sums its pixels' dy rows in registers (≤ 256 outputs at a time) and adds them to its kernel row once.
-// (The generic path below adds every event's product to a kernel row in memory: for 384 × 1536 that
-// partial kernel, 2.4 MB, does not fit in L2.)
+// The kernel gradient as sums of dy rows: dK[tap, c, o] = Σ_p x[s·p + tap − pad, c]·dy[p, o].  Per chunk of
+// output pixels (their dy rows fit in L2) the events are listed per (tap, channel), one entry per output
+// pixel that reads the event through that tap; each list sums its pixels' dy rows in registers (≤ 256
+// outputs at a time) and adds them to its kernel row once.  Used for dense convolutions (the 1×1
+// projections, DSSA's patch embedding, the downsampling 3×3), whose partial kernel (up to 384 × 1536, or
+// 3×3 × 192 × 384) leaves L2 when every event updates a kernel row in memory as the per-pixel path below
+// does; the group-wise 3×3 (64-wide kernel rows, short lists) stays on that path.
 template <typename X, typename A>
-void kernel_grad_patches(ffi::ThreadPool& pool, const typename X::In* xin, const A* dy, const Geometry& g,
+void kernel_grad_lists(ffi::ThreadPool& pool, const typename X::In* xin, const A* dy, const Geometry& g,
                          A* out) {
   const int64_t pixels = g.n * g.ho * g.wo, taps = g.kh * g.kw, lists = taps * g.c;
   const int64_t chunk = std::clamp<int64_t>((int64_t{1} << 20) / (g.co * static_cast<int64_t>(sizeof(A))), 16, 1024);
@@ -447,9 +463,14 @@ void kernel_grad_patches(ffi::ThreadPool& pool, const typename X::In* xin, const
       auto for_each_tap = [&](auto&& f) {
         for (int64_t p = p0; p < p1; ++p) {
           const int64_t img = p / (g.ho * g.wo), a = p / g.wo % g.ho, b = p % g.wo;
-          for (int64_t i = 0; i < g.kh; ++i)
-            for (int64_t j = 0; j < g.kw; ++j)
-              f(p - p0, (i * g.kw + j) * g.c, xin + ((img * g.h + a * g.kh + i) * g.w + b * g.kw + j) * g.c);
+          for (int64_t i = 0; i < g.kh; ++i) {
+            const int64_t r = a * g.stride + i - g.pad;
+            if (r < 0 || r >= g.h) continue;
+            for (int64_t j = 0; j < g.kw; ++j) {
+              const int64_t q = b * g.stride + j - g.pad;
+              if (q >= 0 && q < g.w) f(p - p0, (i * g.kw + j) * g.c, xin + ((img * g.h + r) * g.w + q) * g.c);
+            }
+          }
         }
       };
       L.start.assign(lists + 1, 0);
@@ -474,16 +495,9 @@ void kernel_grad_patches(ffi::ThreadPool& pool, const typename X::In* xin, const
         for (int64_t o0 = 0; o0 < g.cgo; o0 += RowAcc<A>::kMax) {
           RowAcc<A> acc(std::min<int64_t>(RowAcc<A>::kMax, g.cgo - o0));
           const A* col = dy0 + grp * g.cgo + o0;
-          if constexpr (kAvx512Float<A>) {                  // a register count fixed per loop
-            if (acc.nz == 4)
-              for (int32_t n = n0; n < n1; ++n) acc.template fma_n<4>(L.val[n], col + L.pix[n] * g.co);
-            else if (acc.nz == 8)
-              for (int32_t n = n0; n < n1; ++n) acc.template fma_n<8>(L.val[n], col + L.pix[n] * g.co);
-            else
-              for (int32_t n = n0; n < n1; ++n) acc.template fma_n<16>(L.val[n], col + L.pix[n] * g.co);
-          } else {
-            for (int32_t n = n0; n < n1; ++n) acc.fma(L.val[n], col + L.pix[n] * g.co);
-          }
+          with_row_acc(acc, [&](auto fma) {
+            for (int32_t n = n0; n < n1; ++n) fma(L.val[n], col + L.pix[n] * g.co);
+          });
           acc.add_to(krow + o0);
         }
       }
@@ -508,8 +522,8 @@ ffi::Error EventConvKernelGrad(ffi::ThreadPool pool, ffi::Buffer<DX> x, ffi::Buf
     return ffi::Error::InvalidArgument("event_conv: dy shape does not match the convolution");
   const typename E::In* xin = x.typed_data();
   const A* dyp = dy.typed_data();
-  if (g.kh == g.stride && g.kw == g.stride && g.pad == 0) {             // non-overlapping taps
-    kernel_grad_patches<E, A>(pool, xin, dyp, g, dk->typed_data());
+  if (g.groups == 1 || (g.kh == g.stride && g.kw == g.stride && g.pad == 0)) {
+    kernel_grad_lists<E, A>(pool, xin, dyp, g, dk->typed_data());
     return ffi::Error::Success();
   }
   const size_t ksize = dk->element_count();
