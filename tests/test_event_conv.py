@@ -125,6 +125,19 @@ def test_byte_spikes_equal_float_spikes(dtype, x64):
                                       event_conv.kernel_grad(x, dy, kshape, stride, padding))
 
 
+@pytest.mark.parametrize("shape, groups", [((2, 8, 8, 128), 2), ((3, 16, 12, 64), 1), ((2, 6, 10, 192), 3),
+                                           ((1, 5, 6, 64), 1)])
+def test_dense_conv_winograd_equals_xla(shape, groups):
+    """The dense 3×3 kernel (the group-wise conv's input gradient) runs Winograd F(2×2, 3×3) in float32 for
+    64-channel groups and even sizes (direct otherwise, the last case): XLA's convolution to 2e-6."""
+    x = _normal(shape)
+    k = _normal((3, 3, 64, shape[-1]), seed=2)
+    y = event_conv.dense_conv(x, k, 1, 1)
+    ref = jax.lax.conv_general_dilated(x, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                       feature_group_count=groups, precision=jax.lax.Precision.HIGHEST)
+    assert float(jnp.max(jnp.abs(y - ref)) / jnp.max(jnp.abs(ref))) < 2e-6
+
+
 def test_vmap_and_jit():
     x = _spikes((3, 2, 6, 6, 8), 0.2)
     k = _normal((3, 3, 8, 4))

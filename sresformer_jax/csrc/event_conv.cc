@@ -619,6 +619,132 @@ void dense_block_f32(const Geometry& g, const typename E::In* const* xp, const c
 }
 #endif
 
+#if defined(__AVX512F__)
+// Winograd F(2×2, 3×3) for the dense 3×3 convolution of 64-channel groups (stride 1, padding 1, even output
+// size: the input gradient of the group-wise GWFFN conv), float32.  Each 2×2 output tile is
+//
+//     Y = Aᵀ [ Σ_c (G K_c,o Gᵀ) ⊙ (Bᵀ d_c B) ] A        (d_c: the tile's 4×4 input patch of channel c)
+//
+// so the 9 taps' 9·64·64 multiplies per output pixel become 16·64·64 per four pixels (2.25× fewer).  The 16
+// positions ξ of the transformed tiles are 16 independent (tiles × 64) · (64 × 64) products, done six tiles
+// at a time in 24 accumulator registers as in dense_block_f32.
+//   Bᵀ = [1 0 −1 0; 0 1 1 0; 0 −1 1 0; 0 1 0 −1],  G = [1 0 0; ½ ½ ½; ½ −½ ½; 0 0 1],  Aᵀ = [1 1 1 0; 0 1 −1 −1]
+constexpr int kWinoTiles = 6;
+
+bool winograd_applies(const Geometry& g) {
+  return g.kh == 3 && g.kw == 3 && g.stride == 1 && g.pad == 1 && g.cg == 64 && g.cgo == 64 && g.ho % 2 == 0 &&
+         g.wo % 2 == 0 && g.ho == g.h && g.wo == g.w;
+}
+
+// U[group][ξ][c][o] = (G K[:, :, c, o] Gᵀ)[ξ] for every group's 64 × 64 block of K [3, 3, 64, O].
+std::vector<float> winograd_kernel(const float* k, const Geometry& g) {
+  std::vector<float> u(static_cast<size_t>(g.groups) * 16 * 64 * 64);
+  const float G[4][3] = {{1, 0, 0}, {0.5f, 0.5f, 0.5f}, {0.5f, -0.5f, 0.5f}, {0, 0, 1}};
+  for (int64_t grp = 0; grp < g.groups; ++grp)
+    for (int64_t c = 0; c < 64; ++c)
+      for (int64_t o = 0; o < 64; ++o) {
+        float kk[3][3], t[4][3];
+        for (int i = 0; i < 3; ++i)
+          for (int j = 0; j < 3; ++j) kk[i][j] = k[((i * 3 + j) * 64 + c) * g.co + grp * 64 + o];
+        for (int a = 0; a < 4; ++a)
+          for (int j = 0; j < 3; ++j) t[a][j] = G[a][0] * kk[0][j] + G[a][1] * kk[1][j] + G[a][2] * kk[2][j];
+        for (int a = 0; a < 4; ++a)
+          for (int b = 0; b < 4; ++b)
+            u[((grp * 16 + a * 4 + b) * 64 + c) * 64 + o] = t[a][0] * G[b][0] + t[a][1] * G[b][1] + t[a][2] * G[b][2];
+      }
+  return u;
+}
+
+// Bᵀ z B over 16 lanes of channels: z[4][4] in, z[4][4] out (in place).
+inline void winograd_input_tile(__m512 z[4][4]) {
+  for (int c = 0; c < 4; ++c) {                                       // rows: Bᵀ z
+    const __m512 d0 = z[0][c], d1 = z[1][c], d2 = z[2][c], d3 = z[3][c];
+    z[0][c] = _mm512_sub_ps(d0, d2), z[1][c] = _mm512_add_ps(d1, d2);
+    z[2][c] = _mm512_sub_ps(d2, d1), z[3][c] = _mm512_sub_ps(d1, d3);
+  }
+  for (int r = 0; r < 4; ++r) {                                       // columns: (Bᵀ z) B
+    const __m512 d0 = z[r][0], d1 = z[r][1], d2 = z[r][2], d3 = z[r][3];
+    z[r][0] = _mm512_sub_ps(d0, d2), z[r][1] = _mm512_add_ps(d1, d2);
+    z[r][2] = _mm512_sub_ps(d2, d1), z[r][3] = _mm512_sub_ps(d1, d3);
+  }
+}
+
+// M[ξ][p][0:64] = Σ_c V[ξ][p][c] · U[ξ][c][0:64] for the block's kWinoTiles tiles p, one ξ.
+inline void winograd_gemm(const float* v, const float* u, float* m) {
+#define ZERO4(p) __m512 r##p##0 = _mm512_setzero_ps(), r##p##1 = r##p##0, r##p##2 = r##p##0, r##p##3 = r##p##0;
+  ZERO4(0) ZERO4(1) ZERO4(2) ZERO4(3) ZERO4(4) ZERO4(5)
+#undef ZERO4
+  for (int64_t c = 0; c < 64; ++c, u += 64) {
+    const __m512 k0 = _mm512_loadu_ps(u), k1 = _mm512_loadu_ps(u + 16), k2 = _mm512_loadu_ps(u + 32),
+                 k3 = _mm512_loadu_ps(u + 48);
+#define FMA4(p)                                                \
+  {                                                            \
+    const __m512 b = _mm512_set1_ps(v[p * 64 + c]);            \
+    r##p##0 = _mm512_fmadd_ps(b, k0, r##p##0);                 \
+    r##p##1 = _mm512_fmadd_ps(b, k1, r##p##1);                 \
+    r##p##2 = _mm512_fmadd_ps(b, k2, r##p##2);                 \
+    r##p##3 = _mm512_fmadd_ps(b, k3, r##p##3);                 \
+  }
+    FMA4(0) FMA4(1) FMA4(2) FMA4(3) FMA4(4) FMA4(5)
+#undef FMA4
+  }
+#define STORE4(p)                                                                          \
+  _mm512_storeu_ps(m + p * 64, r##p##0), _mm512_storeu_ps(m + p * 64 + 16, r##p##1);       \
+  _mm512_storeu_ps(m + p * 64 + 32, r##p##2), _mm512_storeu_ps(m + p * 64 + 48, r##p##3);
+  STORE4(0) STORE4(1) STORE4(2) STORE4(3) STORE4(4) STORE4(5)
+#undef STORE4
+}
+
+void winograd_conv(ffi::ThreadPool& pool, const float* x, const float* k, const Geometry& g, float* y) {
+  const std::vector<float> u = winograd_kernel(k, g);
+  const int64_t tw = g.wo / 2, tiles = (g.ho / 2) * tw;                // tiles per image, row-major
+  // Tasks (image, band of ≈ 64 tiles, group): a group's U (16·64·64 floats, 256 KB) stays in L2.
+  const int64_t band = std::min<int64_t>(tiles, 64), bands = (tiles + band - 1) / band;
+  const int64_t ntasks = g.n * bands * g.groups;
+  run_tasks(pool, ntasks, workers(pool, ntasks), [&](int64_t, int64_t t) {
+    const int64_t grp = t % g.groups, img = t / g.groups / bands, b0 = t / g.groups % bands * band;
+    const float* ug = u.data() + grp * 16 * 64 * 64;
+    alignas(64) float v[16][kWinoTiles * 64], m[16][kWinoTiles * 64];
+    for (int64_t q0 = b0; q0 < std::min(tiles, b0 + band); q0 += kWinoTiles) {
+      const int64_t np = std::min<int64_t>(kWinoTiles, std::min(tiles, b0 + band) - q0);
+      for (int64_t p = 0; p < kWinoTiles; ++p) {                      // input transforms (zeros past np)
+        const int64_t tr = (q0 + p) / tw, tc = (q0 + p) % tw;
+        for (int64_t c0 = 0; c0 < 64; c0 += 16) {
+          __m512 z[4][4];
+          for (int i = 0; i < 4; ++i)
+            for (int j = 0; j < 4; ++j) {
+              const int64_t r = 2 * tr + i - 1, q = 2 * tc + j - 1;
+              const bool inside = p < np && r >= 0 && r < g.h && q >= 0 && q < g.w;
+              z[i][j] = inside ? _mm512_loadu_ps(x + ((img * g.h + r) * g.w + q) * g.c + grp * 64 + c0)
+                               : _mm512_setzero_ps();
+            }
+          winograd_input_tile(z);
+          for (int xi = 0; xi < 16; ++xi) _mm512_storeu_ps(&v[xi][p * 64 + c0], z[xi / 4][xi % 4]);
+        }
+      }
+      for (int xi = 0; xi < 16; ++xi) winograd_gemm(v[xi], ug + xi * 64 * 64, m[xi]);
+      for (int64_t p = 0; p < np; ++p) {                              // output transforms Aᵀ M A
+        const int64_t tr = (q0 + p) / tw, tc = (q0 + p) % tw;
+        for (int64_t o0 = 0; o0 < 64; o0 += 16) {
+          __m512 s[2][4];
+          for (int j = 0; j < 4; ++j) {
+            const __m512 m0 = _mm512_loadu_ps(&m[j][p * 64 + o0]), m1 = _mm512_loadu_ps(&m[4 + j][p * 64 + o0]),
+                         m2 = _mm512_loadu_ps(&m[8 + j][p * 64 + o0]), m3 = _mm512_loadu_ps(&m[12 + j][p * 64 + o0]);
+            s[0][j] = _mm512_add_ps(_mm512_add_ps(m0, m1), m2);
+            s[1][j] = _mm512_sub_ps(_mm512_sub_ps(m1, m2), m3);
+          }
+          for (int i = 0; i < 2; ++i) {
+            float* row = y + ((img * g.ho + 2 * tr + i) * g.wo + 2 * tc) * g.co + grp * 64 + o0;
+            _mm512_storeu_ps(row, _mm512_add_ps(_mm512_add_ps(s[i][0], s[i][1]), s[i][2]));
+            _mm512_storeu_ps(row + g.co, _mm512_sub_ps(_mm512_sub_ps(s[i][1], s[i][2]), s[i][3]));
+          }
+        }
+      }
+    }
+  });
+}
+#endif
+
 template <ffi::DataType D>
 ffi::Error DenseConvFwd(ffi::ThreadPool pool, ffi::Buffer<D> x, ffi::Buffer<D> k,
                         ffi::ResultBuffer<Elem<D>::kAcc> y, int64_t stride, int64_t padding) {
@@ -632,6 +758,14 @@ ffi::Error DenseConvFwd(ffi::ThreadPool pool, ffi::Buffer<D> x, ffi::Buffer<D> k
     return err;
   A* out = y->typed_data();
   const In* xin = x.typed_data();
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<In, float>) {
+    if (winograd_applies(g)) {
+      winograd_conv(pool, xin, kern, g, out);
+      return ffi::Error::Success();
+    }
+  }
+#endif
   const std::vector<In> zeros(g.c, In(0));          // the input row of a pixel outside the image
   // Bands of about 256 output pixels; tasks ordered (image, band, group).
   const int64_t band_rows = std::clamp<int64_t>((256 + g.wo - 1) / g.wo, 1, g.ho);
