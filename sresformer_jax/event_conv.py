@@ -53,14 +53,18 @@ EVENT_CONV: str | None = None
 """Process-wide override of ``SRESFORMER_EVENT_CONV`` (``"auto"``, ``"on"``, ``"off"``); ``None`` defers to
 the environment. Read at trace time: set it before a function is jitted."""
 
-SOURCE = Path(__file__).with_name("csrc") / "event_conv.cc"
+CSRC = Path(__file__).with_name("csrc")
+SOURCES = (CSRC / "event_conv.cc", CSRC / "batch_norm.cc")     # one library (batch_norm.cc: BatchNorm statistics)
+HEADERS = (CSRC / "parallel.h",)
 CXX_FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno")
 _TYPES = {jnp.dtype(jnp.float32): "F32", jnp.dtype(jnp.float64): "F64", jnp.dtype(jnp.bfloat16): "BF16"}
 BYTES = jnp.dtype(jnp.uint8)
 """The compact spike type: x as bytes (0/1), 4× less memory and traffic than float32 spikes; exact."""
 _TARGETS = {"EventConvFwd": ("F32", "F64", "BF16", "U8F32", "U8F64", "U8BF16"),
             "EventConvKernelGrad": ("F32", "F64", "BF16", "U8F32", "U8F64"),
-            "DenseConvFwd": ("F32", "F64", "BF16")}
+            "DenseConvFwd": ("F32", "F64", "BF16"),
+            "BatchNormStats": ("F32", "F64"), "BatchNormGradStats": ("F32", "F64")}
+_STATS_TYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.float64))
 
 
 class EventConvBuildError(RuntimeError):
@@ -120,7 +124,7 @@ def library_path() -> Path:
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
     header = Path(include, "xla", "ffi", "api", "api.h")
     key = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), version.encode(), " ".join(CXX_FLAGS).encode(),
+    for part in (*(f.read_bytes() for f in SOURCES + HEADERS), version.encode(), " ".join(CXX_FLAGS).encode(),
                  header.read_bytes() if header.exists() else b"", _cpu_id().encode()):
         key.update(part)
     cache = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "sresformer_jax")
@@ -130,7 +134,7 @@ def library_path() -> Path:
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache) as tmp:           # build aside, then an atomic rename
         out = Path(tmp) / lib.name
-        cmd = [cxx, *CXX_FLAGS, "-isystem", include, str(SOURCE), "-o", str(out)]
+        cmd = [cxx, *CXX_FLAGS, "-isystem", include, *map(str, SOURCES), "-o", str(out)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode:
             raise EventConvBuildError(f"`{' '.join(cmd)}` failed:\n{proc.stderr[-3000:]}")
@@ -201,3 +205,29 @@ def dense_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> ja
     stays in L2; six output pixels share each kernel row, each input value is read once per tap. Float
     dtypes as ``conv`` (no bytes)."""
     return _call("DenseConvFwd", _conv_shape(x, kernel, stride, padding), x, kernel, x.dtype, stride, padding)
+
+
+# ---------------------------------------------------------------------------------------------- BatchNorm
+# (the same compiled library: csrc/batch_norm.cc)
+def stats_enabled(dtype) -> bool:
+    """Whether BatchNorm's statistics of a ``dtype`` activation run on the compiled kernels (CPU, float32 or
+    float64, kernels enabled: ``enabled``)."""
+    return jnp.dtype(dtype) in _STATS_TYPES and enabled(dtype)
+
+
+def batch_norm_stats(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(μ, σ²) over every axis of ``x`` [..., C] but the last, σ² biased: two passes over x, no temporaries."""
+    _register()
+    c = (x.shape[-1],)
+    return jax.ffi.ffi_call(f"sresformer_BatchNormStats{_TYPES[jnp.dtype(x.dtype)]}",
+                            (jax.ShapeDtypeStruct(c, x.dtype), jax.ShapeDtypeStruct(c, x.dtype)),
+                            vmap_method="sequential")(x)
+
+
+def batch_norm_grad_stats(x: jax.Array, dy: jax.Array, mean: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(Σ dy, Σ dy·(x − μ)) over every axis but the last, in one pass over x and dy."""
+    _register()
+    c = (x.shape[-1],)
+    return jax.ffi.ffi_call(f"sresformer_BatchNormGradStats{_TYPES[jnp.dtype(x.dtype)]}",
+                            (jax.ShapeDtypeStruct(c, x.dtype), jax.ShapeDtypeStruct(c, x.dtype)),
+                            vmap_method="sequential")(x, dy.astype(x.dtype), mean.astype(x.dtype))

@@ -448,33 +448,42 @@ class BatchNorm(nn.Module):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float):
     """Training-mode BatchNorm over every axis but the last → (y, μ_B, σ²_B), σ² biased. Its backward keeps
-    only x − μ and r = 1/√(σ² + ε) (autodiff would keep several full-size intermediates):
+    only x, μ and r = 1/√(σ² + ε) (autodiff would keep several full-size intermediates):
 
         x̂ = (x − μ)·r,   g = dy·γ,   dx = r·(g − ⟨g⟩ − x̂·⟨g·x̂⟩) + dμ/N + dσ²·2(x − μ)/N
         dγ = Σ dy·x̂,     dβ = Σ dy                        (⟨·⟩, Σ: mean / sum over the N reduced elements)
+
+    On CPU (float32/float64) the statistics μ, σ², Σ dy and Σ dy·(x − μ) come from compiled kernels
+    (``event_conv.batch_norm_stats``) that read their inputs once; XLA:CPU's reductions would first write
+    x − μ and dy·(x − μ) out in full. Elsewhere, or with ``SRESFORMER_EVENT_CONV=off``, jnp reductions.
     """
     return _bn_fwd(x, scale, bias, eps)[0]
 
 
 def _bn_fwd(x, scale, bias, eps):
     axes = tuple(range(x.ndim - 1))
-    mean = jnp.mean(x, axes)
-    centred = x - mean
-    var = jnp.mean(jnp.square(centred), axes)
+    if event_conv.stats_enabled(x.dtype):
+        mean, var = event_conv.batch_norm_stats(x)
+    else:
+        mean = jnp.mean(x, axes)
+        var = jnp.mean(jnp.square(x - mean), axes)
     r = jax.lax.rsqrt(var + eps)
-    return (centred * r * scale + bias, mean, var), (centred, r, scale)
+    return ((x - mean) * (r * scale) + bias, mean, var), (x, mean, r, scale)
 
 
 def _bn_bwd(eps, res, cot):
-    centred, r, scale = res
+    x, mean, r, scale = res
     dy, dmean, dvar = cot
-    axes = tuple(range(centred.ndim - 1))
-    n = centred.size // centred.shape[-1]
-    xhat = centred * r
-    dbias = jnp.sum(dy, axes)
-    dscale = jnp.sum(dy * xhat, axes)
+    axes = tuple(range(x.ndim - 1))
+    n = x.size // x.shape[-1]
+    if event_conv.stats_enabled(x.dtype):
+        dbias, dy_centred = event_conv.batch_norm_grad_stats(x, dy, mean)
+    else:
+        dbias, dy_centred = jnp.sum(dy, axes), jnp.sum(dy * (x - mean), axes)
+    dscale = dy_centred * r
     g_mean, gx_mean = dbias * scale / n, dscale * scale / n
-    dx = r * (dy * scale - g_mean - xhat * gx_mean) + dmean / n + centred * (2 * dvar / n)
+    centred = x - mean
+    dx = r * (dy * scale - g_mean - centred * (r * gx_mean)) + dmean / n + centred * (2 * dvar / n)
     return dx, dscale, dbias
 
 

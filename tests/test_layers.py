@@ -186,9 +186,14 @@ def test_stride1_conv_custom_vjp_matches_xla_gradients(x64, cin, cout, groups, k
         np.testing.assert_allclose(a, b, atol=1e-10)
 
 
-def test_batch_norm_train_custom_vjp_matches_autodiff(x64):
-    """``batch_norm_train``'s analytic backward (only x − μ and 1/σ kept) equals autodiff of the plain formula,
-    including the cotangents of the returned batch statistics."""
+@pytest.mark.parametrize("kernels", ["auto", "off"], ids=["stats_kernels", "jnp"])
+def test_batch_norm_train_custom_vjp_matches_autodiff(kernels, x64, monkeypatch):
+    """``batch_norm_train``'s analytic backward (only x, μ and 1/σ kept) equals autodiff of the plain formula,
+    including the cotangents of the returned batch statistics: with the statistics from the compiled CPU
+    kernels (the default on CPU) and from jnp reductions."""
+    monkeypatch.setattr(event_conv, "EVENT_CONV", kernels)
+    if kernels == "auto" and jax.default_backend() == "cpu":
+        assert event_conv.stats_enabled(jnp.float64)
     def plain(x, s, b, eps=1e-5):
         axes = tuple(range(x.ndim - 1))
         m = x.mean(axes)
@@ -202,6 +207,25 @@ def test_batch_norm_train_custom_vjp_matches_autodiff(x64):
     cts = tuple(jax.random.normal(jax.random.PRNGKey(3 + i), a.shape, jnp.float64) for i, a in enumerate(ref[0]))
     for a, c in zip(ref[0] + ref[1](cts), got[0] + got[1](cts)):
         np.testing.assert_allclose(c, a, atol=1e-12)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="compiled CPU kernels")
+def test_batch_norm_stats_kernels_float32_against_float64(event_kernels):
+    """The float32 statistics kernels on a large, offset activation (257 chunks of rows; mean ≫ std) agree with
+    float64 numpy to float32 rounding, and repeat bit for bit."""
+    rng = np.random.default_rng(0)
+    x64_ = rng.standard_normal((4, 257, 64, 24)) * 0.5 + 30.0
+    dy64 = rng.standard_normal(x64_.shape)
+    x, dy = jnp.asarray(x64_, jnp.float32), jnp.asarray(dy64, jnp.float32)
+    mean, var = jax.jit(event_conv.batch_norm_stats)(x)
+    xr, dyr = np.asarray(x, np.float64).reshape(-1, 24), np.asarray(dy, np.float64).reshape(-1, 24)
+    np.testing.assert_allclose(mean, xr.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(var, ((xr - xr.mean(0)) ** 2).mean(0), rtol=1e-5)
+    sdy, sdyx = jax.jit(event_conv.batch_norm_grad_stats)(x, dy, mean)
+    np.testing.assert_allclose(sdy, dyr.sum(0), rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(sdyx, (dyr * (xr - np.asarray(mean, np.float64))).sum(0), rtol=1e-5, atol=1e-3)
+    again = jax.jit(event_conv.batch_norm_stats)(x)
+    np.testing.assert_array_equal(np.asarray(again[1]), np.asarray(var))
 
 
 @pytest.mark.parametrize("spec, sa, sb", [("pc,co->po", (40, 16), (16, 8)),

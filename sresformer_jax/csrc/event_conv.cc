@@ -19,12 +19,10 @@
 // gradient accumulates one partial per fixed range of tasks and sums them in a fixed order
 // (deterministic).
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <memory>
 #include <string>
-#include <thread>
 #include <type_traits>
 #include <vector>
 
@@ -32,11 +30,15 @@
 #include <immintrin.h>
 #endif
 
+#include "parallel.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
 
 namespace {
+
+using sresformer::run_tasks;
+using sresformer::workers;
 
 // ---------------------------------------------------------------------------------------------------
 // Element types: loading as the accumulation type, and what counts as "no event".
@@ -130,29 +132,6 @@ ffi::Error make_geometry(ffi::Span<const int64_t> xd, ffi::Span<const int64_t> k
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Parallel tasks on XLA's intra-op pool.  Every worker (the calling thread included) takes tasks from a
-// shared counter, so the caller never waits for a worker that has not started: no deadlock even when
-// the pool is busy.  A worker that starts after the last task was taken returns without touching `f`.
-template <typename F>
-void run_tasks(ffi::ThreadPool& pool, int64_t ntasks, int64_t nworkers, const F& f) {
-  struct State {
-    std::atomic<int64_t> next{0}, done{0};
-  };
-  auto st = std::make_shared<State>();
-  const F* fp = &f;
-  auto work = [st, ntasks, fp](int64_t worker) {
-    int64_t t, count = 0;
-    while ((t = st->next.fetch_add(1)) < ntasks) {
-      (*fp)(worker, t);
-      ++count;
-    }
-    if (count) st->done.fetch_add(count);
-  };
-  for (int64_t w = 1; w < nworkers; ++w) pool.Schedule([work, w] { work(w); });
-  work(0);
-  while (st->done.load() < ntasks) std::this_thread::yield();
-}
-
 // Calls f(c) for every c < n with a nonzero px[c], in increasing order.  With AVX-512, 16 (float), 32
 // (bfloat16) or 64 (byte) channels are tested at once: at SpikingResformer's firing rates most blocks have no
 // event.
@@ -351,11 +330,6 @@ inline void taps_of(const Geometry& g, const Band& bd, int64_t a, int64_t b, std
       if (q >= 0 && q < g.w) taps.push_back({i * g.kw + j, (r - bd.r0) * g.w + q});
     }
   }
-}
-
-// The calling thread is one of XLA's pool threads: as many workers as the pool has threads.
-int64_t workers(ffi::ThreadPool& pool, int64_t ntasks) {
-  return std::max<int64_t>(1, std::min<int64_t>(pool.num_threads() + 1, ntasks));
 }
 
 int64_t rows_per_task(const Geometry& g, int64_t nthreads) {
