@@ -1,4 +1,5 @@
-"""Event-driven convolution of spike tensors on CPU: compiled zero-skipping kernels behind ``jax.ffi``.
+"""Event-driven convolution of spike tensors on CPU: compiled zero-skipping kernels behind ``jax.ffi`` (and,
+in the same library, BatchNorm's batch statistics: ``batch_norm_stats``, ``batch_norm_grad_stats``).
 
 A spiking layer's input is mostly zeros (3–15 % of SpikingResformer's spikes fire), so its convolution is
 a sum over events: for every nonzero x[n, r, q, c] and every tap (i, j) that reads it (r = s·a + i − p,
@@ -7,17 +8,19 @@ q = s·b + j − p),
     y[n, a, b, o]        += x[n, r, q, c] · K[i, j, c mod C/g, o]      (o in c's group; forward)
     dK[i, j, c mod C/g, o] += x[n, r, q, c] · dy[n, a, b, o]           (kernel gradient)
 
-Work and memory traffic scale with the number of events instead of the number of entries. The values are
-the dense convolution's up to the order of the float additions, for any input (zeros are skipped, every
-other value is used), so float64 parity with the official model holds on this path too. The input gradient
-dx is dense: for stride-1 k×k convolutions ``dense_conv`` (a direct convolution of dy) computes it, otherwise
-XLA (``layers._conv_input_grad``).
+Work and memory traffic scale with the number of events instead of the number of entries. Spikes may come
+as bytes (``BYTES``; ``layers.conv2d(..., binary=True)``): exact for 0/1, a quarter of float32's traffic. The
+values are the dense convolution's up to the order of the float additions, for any input (zeros are skipped,
+every other value is used), so float64 parity with the official model holds on this path too. The input
+gradient dx is dense: for stride-1 k×k convolutions ``dense_conv`` (a direct convolution of dy; Winograd
+F(2×2, 3×3) for float32 3×3 with 64-channel groups) computes it, otherwise XLA (``layers._conv_input_grad``).
 
-The kernels (``csrc/event_conv.cc``, XLA FFI handlers, parallel on XLA's intra-op thread pool) are built
-with the system C++ compiler (``$CXX``, else ``g++``/``c++``/``clang++``) on first use, for the host CPU
-(``-O3 -march=native``), and cached in ``$SRESFORMER_CACHE_DIR`` (default ``~/.cache/sresformer_jax``),
-keyed by the source, the compiler, the flags, jaxlib's FFI headers and the CPU. Selection
-(``SRESFORMER_EVENT_CONV`` or ``EVENT_CONV``; read at trace time):
+The kernels (``csrc/event_conv.cc``, ``csrc/batch_norm.cc``; XLA FFI handlers, parallel on XLA's intra-op
+thread pool) are built with the system C++ compiler (``$CXX``, else ``g++``/``c++``/``clang++``) on first use,
+for the host CPU (``-O3 -march=native``), and cached in ``$SRESFORMER_CACHE_DIR`` (default
+``~/.cache/sresformer_jax``), keyed by the sources, the compiler, the flags, jaxlib's FFI headers and the CPU.
+Selection (``SRESFORMER_EVENT_CONV`` or ``EVENT_CONV``; read at trace time; it covers the BatchNorm statistics
+kernels too):
 
     auto (default)  on for the CPU backend when the kernels build; otherwise XLA's path, with one warning
     on              the same, but a failed build raises (with the compiler's message)

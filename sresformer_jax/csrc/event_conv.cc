@@ -218,6 +218,23 @@ inline void tile_masks(int64_t width, __mmask16 m[4]) {
   }
 }
 
+// A block of six output rows × 64 channels in 24 accumulator registers r<p><z>, local variables so that they
+// stay in registers (the direct and the Winograd kernels): BLOCK_ZERO declares them; BLOCK_FMA(VALUE) adds
+// VALUE(p) · (k0 k1 k2 k3), a 64-wide kernel row in four registers, to row p for p < 6.
+#define BLOCK_ZERO4(p) __m512 r##p##0 = _mm512_setzero_ps(), r##p##1 = r##p##0, r##p##2 = r##p##0, r##p##3 = r##p##0;
+#define BLOCK_ZERO BLOCK_ZERO4(0) BLOCK_ZERO4(1) BLOCK_ZERO4(2) BLOCK_ZERO4(3) BLOCK_ZERO4(4) BLOCK_ZERO4(5)
+#define BLOCK_FMA4(p, VALUE)                      \
+  {                                               \
+    const __m512 b = _mm512_set1_ps(VALUE(p));    \
+    r##p##0 = _mm512_fmadd_ps(b, k0, r##p##0);    \
+    r##p##1 = _mm512_fmadd_ps(b, k1, r##p##1);    \
+    r##p##2 = _mm512_fmadd_ps(b, k2, r##p##2);    \
+    r##p##3 = _mm512_fmadd_ps(b, k3, r##p##3);    \
+  }
+#define BLOCK_FMA(VALUE)                                                                          \
+  BLOCK_FMA4(0, VALUE) BLOCK_FMA4(1, VALUE) BLOCK_FMA4(2, VALUE) BLOCK_FMA4(3, VALUE) BLOCK_FMA4(4, VALUE) \
+  BLOCK_FMA4(5, VALUE)
+
 template <>
 struct Tile<float> {
   __m512 r[4];
@@ -560,9 +577,7 @@ void dense_block_f32(const Geometry& g, const typename E::In* const* xp, const c
                      int64_t width, float* const dst[kPix], int64_t np) {
   __mmask16 m[4];
   tile_masks(width, m);
-#define ZERO4(p) __m512 r##p##0 = _mm512_setzero_ps(), r##p##1 = r##p##0, r##p##2 = r##p##0, r##p##3 = r##p##0;
-  ZERO4(0) ZERO4(1) ZERO4(2) ZERO4(3) ZERO4(4) ZERO4(5)
-#undef ZERO4
+  BLOCK_ZERO
   const int64_t taps = g.kh * g.kw, tap_stride = g.cg * g.co;
   for (int64_t tap = 0; tap < taps; ++tap) {
     if (!live[tap]) continue;                          // every pixel of the block reads padding here
@@ -571,16 +586,9 @@ void dense_block_f32(const Geometry& g, const typename E::In* const* xp, const c
     for (int64_t c = 0; c < g.cg; ++c, kt += g.co) {
       const __m512 k0 = _mm512_maskz_loadu_ps(m[0], kt), k1 = _mm512_maskz_loadu_ps(m[1], kt + 16),
                    k2 = _mm512_maskz_loadu_ps(m[2], kt + 32), k3 = _mm512_maskz_loadu_ps(m[3], kt + 48);
-#define FMA4(p)                                                   \
-  {                                                               \
-    const __m512 b = _mm512_set1_ps(E::load(x[p][c]));            \
-    r##p##0 = _mm512_fmadd_ps(b, k0, r##p##0);                    \
-    r##p##1 = _mm512_fmadd_ps(b, k1, r##p##1);                    \
-    r##p##2 = _mm512_fmadd_ps(b, k2, r##p##2);                    \
-    r##p##3 = _mm512_fmadd_ps(b, k3, r##p##3);                    \
-  }
-      FMA4(0) FMA4(1) FMA4(2) FMA4(3) FMA4(4) FMA4(5)
-#undef FMA4
+#define X_AT(p) E::load(x[p][c])
+      BLOCK_FMA(X_AT)
+#undef X_AT
     }
   }
 #define STORE4(p)                                                                                    \
@@ -644,23 +652,15 @@ inline void winograd_input_tile(__m512 z[4][4]) {
 }
 
 // M[ξ][p][0:64] = Σ_c V[ξ][p][c] · U[ξ][c][0:64] for the block's kWinoTiles tiles p, one ξ.
+static_assert(kWinoTiles == kPix, "the Winograd products use the six-row register block");
 inline void winograd_gemm(const float* v, const float* u, float* m) {
-#define ZERO4(p) __m512 r##p##0 = _mm512_setzero_ps(), r##p##1 = r##p##0, r##p##2 = r##p##0, r##p##3 = r##p##0;
-  ZERO4(0) ZERO4(1) ZERO4(2) ZERO4(3) ZERO4(4) ZERO4(5)
-#undef ZERO4
+  BLOCK_ZERO
   for (int64_t c = 0; c < 64; ++c, u += 64) {
     const __m512 k0 = _mm512_loadu_ps(u), k1 = _mm512_loadu_ps(u + 16), k2 = _mm512_loadu_ps(u + 32),
                  k3 = _mm512_loadu_ps(u + 48);
-#define FMA4(p)                                                \
-  {                                                            \
-    const __m512 b = _mm512_set1_ps(v[p * 64 + c]);            \
-    r##p##0 = _mm512_fmadd_ps(b, k0, r##p##0);                 \
-    r##p##1 = _mm512_fmadd_ps(b, k1, r##p##1);                 \
-    r##p##2 = _mm512_fmadd_ps(b, k2, r##p##2);                 \
-    r##p##3 = _mm512_fmadd_ps(b, k3, r##p##3);                 \
-  }
-    FMA4(0) FMA4(1) FMA4(2) FMA4(3) FMA4(4) FMA4(5)
-#undef FMA4
+#define V_AT(p) v[p * 64 + c]
+    BLOCK_FMA(V_AT)
+#undef V_AT
   }
 #define STORE4(p)                                                                          \
   _mm512_storeu_ps(m + p * 64, r##p##0), _mm512_storeu_ps(m + p * 64 + 16, r##p##1);       \
