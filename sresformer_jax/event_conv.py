@@ -28,8 +28,8 @@ kernels too):
 
 On GPU/TPU the native convolutions are used (dense; no event kernels there). Known limitation: XLA's SPMD
 partitioner does not know these custom calls, so on a multi-device CPU mesh it all-gathers their inputs and every
-device computes the whole batch's convolution (correct, and tested with 4 devices and with two processes; not
-parallel). A partitioning rule (``custom_partitioning``: batch-sharded in and out, kernel gradient summed over
+device computes the whole batch's convolution, or BatchNorm statistics (correct, and tested with 4 devices and
+with two processes; not parallel). A partitioning rule (``custom_partitioning``: batch-sharded in and out, kernel gradient summed over
 the devices) would remove that; ``SRESFORMER_EVENT_CONV=off`` keeps such runs on XLA's partitioned matmuls.
 """
 from __future__ import annotations
