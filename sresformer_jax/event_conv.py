@@ -29,8 +29,9 @@ kernels too):
 On GPU/TPU the native convolutions are used (dense; no event kernels there). Known limitation: XLA's SPMD
 partitioner does not know these custom calls, so on a multi-device CPU mesh it all-gathers their inputs and every
 device computes the whole batch's convolution, or BatchNorm statistics (correct, and tested with 4 devices and
-with two processes; not parallel). A partitioning rule (``custom_partitioning``: batch-sharded in and out, kernel gradient summed over
-the devices) would remove that; ``SRESFORMER_EVENT_CONV=off`` keeps such runs on XLA's partitioned matmuls.
+with two processes; not parallel). A partitioning rule (``custom_partitioning``: batch-sharded in and out,
+kernel gradient summed over the devices) would remove that; ``SRESFORMER_EVENT_CONV=off`` keeps such runs on
+XLA's partitioned matmuls.
 """
 from __future__ import annotations
 
@@ -57,7 +58,7 @@ EVENT_CONV: str | None = None
 the environment. Read at trace time: set it before a function is jitted."""
 
 CSRC = Path(__file__).with_name("csrc")
-SOURCES = (CSRC / "event_conv.cc", CSRC / "batch_norm.cc")     # one library (batch_norm.cc: BatchNorm statistics)
+SOURCES = (CSRC / "event_conv.cc", CSRC / "batch_norm.cc")     # one library (and BatchNorm statistics)
 HEADERS = (CSRC / "parallel.h",)
 CXX_FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno")
 _TYPES = {jnp.dtype(jnp.float32): "F32", jnp.dtype(jnp.float64): "F64", jnp.dtype(jnp.bfloat16): "BF16"}
@@ -218,19 +219,19 @@ def stats_enabled(dtype) -> bool:
     return jnp.dtype(dtype) in _STATS_TYPES and enabled(dtype)
 
 
+def _stats_call(target: str, x: jax.Array, *operands: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """One FFI call of a BatchNorm statistics ``target`` for x's dtype: two per-channel results [C]."""
+    _register()
+    out = jax.ShapeDtypeStruct((x.shape[-1],), x.dtype)
+    return jax.ffi.ffi_call(f"sresformer_{target}{_TYPES[jnp.dtype(x.dtype)]}", (out, out),
+                            vmap_method="sequential")(x, *(a.astype(x.dtype) for a in operands))
+
+
 def batch_norm_stats(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(μ, σ²) over every axis of ``x`` [..., C] but the last, σ² biased: two passes over x, no temporaries."""
-    _register()
-    c = (x.shape[-1],)
-    return jax.ffi.ffi_call(f"sresformer_BatchNormStats{_TYPES[jnp.dtype(x.dtype)]}",
-                            (jax.ShapeDtypeStruct(c, x.dtype), jax.ShapeDtypeStruct(c, x.dtype)),
-                            vmap_method="sequential")(x)
+    return _stats_call("BatchNormStats", x)
 
 
 def batch_norm_grad_stats(x: jax.Array, dy: jax.Array, mean: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(Σ dy, Σ dy·(x − μ)) over every axis but the last, in one pass over x and dy."""
-    _register()
-    c = (x.shape[-1],)
-    return jax.ffi.ffi_call(f"sresformer_BatchNormGradStats{_TYPES[jnp.dtype(x.dtype)]}",
-                            (jax.ShapeDtypeStruct(c, x.dtype), jax.ShapeDtypeStruct(c, x.dtype)),
-                            vmap_method="sequential")(x, dy.astype(x.dtype), mean.astype(x.dtype))
+    return _stats_call("BatchNormGradStats", x, dy, mean)

@@ -21,29 +21,21 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-using sresformer::run_tasks;
+using sresformer::sum_over_tasks;
 using sresformer::workers;
 
-// out[k·C + c] = Σ_rows of row(m, acc) with acc [K·C] in T (per chunk) and out in double.
+// out[k·C + c] = Σ_rows of row(m, acc) with acc [K·C] in T (per chunk of 256 rows) and out in double.
 template <typename T, int K, typename Row>
 void reduce_rows(ffi::ThreadPool& pool, int64_t rows, int64_t c, const Row& row, std::vector<double>& out) {
   constexpr int64_t kChunk = 256;
-  const int64_t chunks = (rows + kChunk - 1) / kChunk;
-  const int64_t nw = workers(pool, chunks), nslots = std::max<int64_t>(1, std::min<int64_t>(chunks, nw));
-  std::vector<std::vector<double>> partial(nslots);
-  run_tasks(pool, nslots, nw, [&](int64_t, int64_t slot) {
-    std::vector<double>& part = partial[slot];
-    part.assign(K * c, 0.0);
-    std::vector<T> acc(K * c);
-    for (int64_t t = slot * chunks / nslots; t < (slot + 1) * chunks / nslots; ++t) {
-      std::fill(acc.begin(), acc.end(), T(0));
-      for (int64_t m = t * kChunk; m < std::min(rows, (t + 1) * kChunk); ++m) row(m, acc.data());
-      for (int64_t i = 0; i < K * c; ++i) part[i] += acc[i];
-    }
+  const int64_t chunks = (rows + kChunk - 1) / kChunk, nw = workers(pool, chunks);
+  std::vector<std::vector<T>> acc(nw, std::vector<T>(K * c));
+  out.resize(K * c);
+  sum_over_tasks(pool, chunks, nw, K * c, out.data(), [&](int64_t w, int64_t t, double* part) {
+    std::fill(acc[w].begin(), acc[w].end(), T(0));
+    for (int64_t m = t * kChunk; m < std::min(rows, (t + 1) * kChunk); ++m) row(m, acc[w].data());
+    for (int64_t i = 0; i < K * c; ++i) part[i] += acc[w][i];
   });
-  out.assign(K * c, 0.0);
-  for (const auto& part : partial)
-    for (int64_t i = 0; i < K * c; ++i) out[i] += part[i];
 }
 
 ffi::Error rows_and_channels(ffi::Span<const int64_t> dims, int64_t* rows, int64_t* c) {

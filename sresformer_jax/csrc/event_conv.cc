@@ -38,6 +38,7 @@ namespace ffi = xla::ffi;
 namespace {
 
 using sresformer::run_tasks;
+using sresformer::sum_over_tasks;
 using sresformer::workers;
 
 // ---------------------------------------------------------------------------------------------------
@@ -210,9 +211,9 @@ struct Tile {
 };
 
 #if defined(__AVX512F__)
-// The lane masks of a 64-channel tile whose first `width` channels are live (four 16-lane registers).
-inline void tile_masks(int64_t width, __mmask16 m[4]) {
-  for (int k = 0; k < 4; ++k) {
+// The lane masks of `count` 16-lane registers whose first `width` channels are live (a 64-channel tile: 4).
+inline void tile_masks(int64_t width, __mmask16* m, int count = 4) {
+  for (int k = 0; k < count; ++k) {
     const int64_t n = std::clamp<int64_t>(width - 16 * k, 0, 16);
     m[k] = static_cast<__mmask16>(n == 16 ? 0xFFFF : (1u << n) - 1);
   }
@@ -286,11 +287,8 @@ struct RowAcc<float> {
   __mmask16 m[16];
   int nz;  // registers in use (4, 8 or 16)
   explicit RowAcc(int64_t w) : nz(w <= 64 ? 4 : w <= 128 ? 8 : 16) {
-    for (int k = 0; k < nz; ++k) {
-      const int64_t n = std::clamp<int64_t>(w - 16 * k, 0, 16);
-      m[k] = static_cast<__mmask16>(n == 16 ? 0xFFFF : (1u << n) - 1);
-      r[k] = _mm512_setzero_ps();
-    }
+    tile_masks(w, m, nz);
+    for (int k = 0; k < nz; ++k) r[k] = _mm512_setzero_ps();
   }
   template <int NZ>
   void fma_n(float v, const float* row) {
@@ -433,71 +431,64 @@ ffi::Error EventConvFwd(ffi::ThreadPool pool, ffi::Buffer<DX> x, ffi::Buffer<D> 
 // does; the group-wise 3×3 (64-wide kernel rows, short lists) stays on that path.
 template <typename X, typename A>
 void kernel_grad_lists(ffi::ThreadPool& pool, const typename X::In* xin, const A* dy, const Geometry& g,
-                         A* out) {
+                       A* out) {
   const int64_t pixels = g.n * g.ho * g.wo, taps = g.kh * g.kw, lists = taps * g.c;
-  const int64_t chunk = std::clamp<int64_t>((int64_t{1} << 20) / (g.co * static_cast<int64_t>(sizeof(A))), 16, 1024);
+  const int64_t row_bytes = g.co * static_cast<int64_t>(sizeof(A));
+  const int64_t chunk = std::clamp<int64_t>((int64_t{1} << 20) / row_bytes, 16, 1024);   // dy rows ≤ 1 MB
   const int64_t ntasks = (pixels + chunk - 1) / chunk;
-  const int64_t nw = workers(pool, ntasks), nslots = std::min<int64_t>(ntasks, nw);
-  const size_t ksize = static_cast<size_t>(taps * g.cg * g.co);
+  const int64_t nw = workers(pool, ntasks);
   struct Lists {
     std::vector<int32_t> start, next, pix;
     std::vector<A> val;
   };
   std::vector<Lists> per_worker(nw);
-  std::vector<std::vector<A>> partial(nslots);
-  run_tasks(pool, nslots, nw, [&](int64_t w, int64_t slot) {   // fixed ranges, summed in order (deterministic)
-    partial[slot].assign(ksize, A(0));
+  const size_t ksize = static_cast<size_t>(taps * g.cg * g.co);
+  sum_over_tasks(pool, ntasks, nw, ksize, out, [&](int64_t w, int64_t t, A* part) {
     Lists& L = per_worker[w];
-    for (int64_t t = slot * ntasks / nslots; t < (slot + 1) * ntasks / nslots; ++t) {
-      const int64_t p0 = t * chunk, p1 = std::min(pixels, p0 + chunk);
-      // f(list, input row) for every tap of every output pixel of the chunk
-      auto for_each_tap = [&](auto&& f) {
-        for (int64_t p = p0; p < p1; ++p) {
-          const int64_t img = p / (g.ho * g.wo), a = p / g.wo % g.ho, b = p % g.wo;
-          for (int64_t i = 0; i < g.kh; ++i) {
-            const int64_t r = a * g.stride + i - g.pad;
-            if (r < 0 || r >= g.h) continue;
-            for (int64_t j = 0; j < g.kw; ++j) {
-              const int64_t q = b * g.stride + j - g.pad;
-              if (q >= 0 && q < g.w) f(p - p0, (i * g.kw + j) * g.c, xin + ((img * g.h + r) * g.w + q) * g.c);
-            }
+    const int64_t p0 = t * chunk, p1 = std::min(pixels, p0 + chunk);
+    // f(list, input row) for every tap of every output pixel of the chunk
+    auto for_each_tap = [&](auto&& f) {
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t img = p / (g.ho * g.wo), a = p / g.wo % g.ho, b = p % g.wo;
+        for (int64_t i = 0; i < g.kh; ++i) {
+          const int64_t r = a * g.stride + i - g.pad;
+          if (r < 0 || r >= g.h) continue;
+          for (int64_t j = 0; j < g.kw; ++j) {
+            const int64_t q = b * g.stride + j - g.pad;
+            if (q >= 0 && q < g.w) f(p - p0, (i * g.kw + j) * g.c, xin + ((img * g.h + r) * g.w + q) * g.c);
           }
         }
-      };
-      L.start.assign(lists + 1, 0);
-      for_each_tap([&](int64_t, int64_t l0, const typename X::In* px) {
-        for_each_nonzero<X>(px, g.c, [&](int64_t c) { ++L.start[l0 + c + 1]; });
+      }
+    };
+    L.start.assign(lists + 1, 0);
+    for_each_tap([&](int64_t, int64_t l0, const typename X::In* px) {
+      for_each_nonzero<X>(px, g.c, [&](int64_t c) { ++L.start[l0 + c + 1]; });
+    });
+    for (int64_t l = 0; l < lists; ++l) L.start[l + 1] += L.start[l];
+    L.pix.resize(L.start[lists]), L.val.resize(L.start[lists]);
+    L.next.assign(L.start.begin(), L.start.end() - 1);
+    for_each_tap([&](int64_t q, int64_t l0, const typename X::In* px) {
+      for_each_nonzero<X>(px, g.c, [&](int64_t c) {
+        const int32_t n = L.next[l0 + c]++;
+        L.pix[n] = static_cast<int32_t>(q), L.val[n] = static_cast<A>(X::load(px[c]));
       });
-      for (int64_t l = 0; l < lists; ++l) L.start[l + 1] += L.start[l];
-      L.pix.resize(L.start[lists]), L.val.resize(L.start[lists]);
-      L.next.assign(L.start.begin(), L.start.end() - 1);
-      for_each_tap([&](int64_t q, int64_t l0, const typename X::In* px) {
-        for_each_nonzero<X>(px, g.c, [&](int64_t c) {
-          const int32_t n = L.next[l0 + c]++;
-          L.pix[n] = static_cast<int32_t>(q), L.val[n] = static_cast<A>(X::load(px[c]));
+    });
+    const A* dy0 = dy + p0 * g.co;
+    for (int64_t l = 0; l < lists; ++l) {
+      const int32_t n0 = L.start[l], n1 = L.start[l + 1];
+      if (n0 == n1) continue;
+      const int64_t tap = l / g.c, c = l % g.c, grp = c / g.cg;
+      A* krow = part + (tap * g.cg + c % g.cg) * g.co + grp * g.cgo;
+      for (int64_t o0 = 0; o0 < g.cgo; o0 += RowAcc<A>::kMax) {
+        RowAcc<A> acc(std::min<int64_t>(RowAcc<A>::kMax, g.cgo - o0));
+        const A* col = dy0 + grp * g.cgo + o0;
+        with_row_acc(acc, [&](auto fma) {
+          for (int32_t n = n0; n < n1; ++n) fma(L.val[n], col + L.pix[n] * g.co);
         });
-      });
-      const A* dy0 = dy + p0 * g.co;
-      for (int64_t l = 0; l < lists; ++l) {
-        const int32_t n0 = L.start[l], n1 = L.start[l + 1];
-        if (n0 == n1) continue;
-        const int64_t tap = l / g.c, c = l % g.c, grp = c / g.cg;
-        A* krow = partial[slot].data() + (tap * g.cg + c % g.cg) * g.co + grp * g.cgo;
-        for (int64_t o0 = 0; o0 < g.cgo; o0 += RowAcc<A>::kMax) {
-          RowAcc<A> acc(std::min<int64_t>(RowAcc<A>::kMax, g.cgo - o0));
-          const A* col = dy0 + grp * g.cgo + o0;
-          with_row_acc(acc, [&](auto fma) {
-            for (int32_t n = n0; n < n1; ++n) fma(L.val[n], col + L.pix[n] * g.co);
-          });
-          acc.add_to(krow + o0);
-        }
+        acc.add_to(krow + o0);
       }
     }
   });
-  std::fill(out, out + ksize, A(0));
-  for (auto& p : partial)
-    if (!p.empty())
-      for (size_t i = 0; i < ksize; ++i) out[i] += p[i];
 }
 
 // dK = Σ_events x · dy.  x is of type DX; dy and dK of the accumulation type ACC (float32 or float64).
@@ -517,40 +508,27 @@ ffi::Error EventConvKernelGrad(ffi::ThreadPool pool, ffi::Buffer<DX> x, ffi::Buf
     kernel_grad_lists<E, A>(pool, xin, dyp, g, dk->typed_data());
     return ffi::Error::Success();
   }
-  const size_t ksize = dk->element_count();
   const int64_t rpt = rows_per_task(g, pool.num_threads());
   const int64_t ntasks = g.n * ((g.ho + rpt - 1) / rpt);
   const int64_t nw = workers(pool, ntasks);
-  // Tasks are dealt in `nslots` fixed contiguous ranges, each accumulated into its own partial and the
-  // partials summed in slot order: the result does not depend on which worker ran which range.
-  const int64_t nslots = std::min<int64_t>(ntasks, nw);
   std::vector<Events<A>> ev(nw);
-  std::vector<std::vector<A>> partial(nslots);
+  std::vector<std::vector<Tap>> taps_of_worker(nw);
   const int64_t tap_stride = g.cg * g.co;
-  run_tasks(pool, nslots, nw, [&](int64_t w, int64_t slot) {
-    partial[slot].assign(ksize, A(0));
-    A* acc = partial[slot].data();
+  sum_over_tasks(pool, ntasks, nw, dk->element_count(), dk->typed_data(), [&](int64_t w, int64_t t, A* acc) {
     Events<A>& e = ev[w];
-    std::vector<Tap> taps;
-    for (int64_t t = slot * ntasks / nslots; t < (slot + 1) * ntasks / nslots; ++t) {
-      const Band bd(g, rpt, t);
-      if (bd.r1 > bd.r0) e.template build<E>(xin, g, bd.img, bd.r0, bd.r1);
-      for (int64_t a = bd.a0; a < bd.a1; ++a)
-        for (int64_t b = 0; b < g.wo; ++b) {
-          taps_of(g, bd, a, b, taps);
-          const A* dy_pix = dyp + ((bd.img * g.ho + a) * g.wo + b) * g.co;
-          for (const Tap& tp : taps)
-            for (int64_t grp = 0; grp < g.groups; ++grp)
-              for (int32_t n = e.start[tp.p * g.groups + grp]; n < e.start[tp.p * g.groups + grp + 1]; ++n)
-                axpy(acc + tp.tap * tap_stride + e.koff[n], dy_pix + grp * g.cgo, e.val[n], g.cgo);
-        }
-    }
+    std::vector<Tap>& taps = taps_of_worker[w];
+    const Band bd(g, rpt, t);
+    if (bd.r1 > bd.r0) e.template build<E>(xin, g, bd.img, bd.r0, bd.r1);
+    for (int64_t a = bd.a0; a < bd.a1; ++a)
+      for (int64_t b = 0; b < g.wo; ++b) {
+        taps_of(g, bd, a, b, taps);
+        const A* dy_pix = dyp + ((bd.img * g.ho + a) * g.wo + b) * g.co;
+        for (const Tap& tp : taps)
+          for (int64_t grp = 0; grp < g.groups; ++grp)
+            for (int32_t n = e.start[tp.p * g.groups + grp]; n < e.start[tp.p * g.groups + grp + 1]; ++n)
+              axpy(acc + tp.tap * tap_stride + e.koff[n], dy_pix + grp * g.cgo, e.val[n], g.cgo);
+      }
   });
-  A* out = dk->typed_data();
-  std::fill(out, out + ksize, A(0));
-  for (auto& p : partial)
-    if (!p.empty())
-      for (size_t i = 0; i < ksize; ++i) out[i] += p[i];
   return ffi::Error::Success();
 }
 

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <memory>
 #include <thread>
+#include <vector>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -39,6 +40,25 @@ void run_tasks(ffi::ThreadPool& pool, int64_t ntasks, int64_t nworkers, const F&
 // The calling thread is one of XLA's pool threads: as many workers as the pool has threads.
 inline int64_t workers(ffi::ThreadPool& pool, int64_t ntasks) {
   return std::max<int64_t>(1, std::min<int64_t>(pool.num_threads() + 1, ntasks));
+}
+
+// A deterministic parallel sum: tasks [0, ntasks) are dealt in min(ntasks, nworkers) fixed contiguous
+// ranges; range s runs f(worker, task, part) for its tasks in order, accumulating into its own zeroed
+// partial `part` of `size` values, and out = the partials summed in range order.  The result does not
+// depend on which worker ran which range.
+template <typename T, typename F>
+void sum_over_tasks(ffi::ThreadPool& pool, int64_t ntasks, int64_t nworkers, size_t size, T* out, const F& f) {
+  const int64_t nslots = std::max<int64_t>(1, std::min(ntasks, nworkers));
+  std::vector<std::vector<T>> partial(nslots);
+  run_tasks(pool, nslots, nworkers, [&](int64_t worker, int64_t slot) {
+    partial[slot].assign(size, T(0));
+    for (int64_t t = slot * ntasks / nslots; t < (slot + 1) * ntasks / nslots; ++t)
+      f(worker, t, partial[slot].data());
+  });
+  std::fill(out, out + size, T(0));
+  for (const auto& part : partial)
+    if (!part.empty())
+      for (size_t i = 0; i < size; ++i) out[i] += part[i];
 }
 
 }  // namespace sresformer
