@@ -19,7 +19,6 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -27,8 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from sresformer_jax.layers import conv2d  # noqa: E402
+from sresformer_jax.ops import conv2d
 
 # name, per-image input (H, W, Cin), k, stride, padding, groups, Cout, uses per forward, batch kind
 # ("B": run once per image, the static-image stem; "TB": per time step) — spikingresformer_cifar.

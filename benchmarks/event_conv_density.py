@@ -5,7 +5,7 @@ spike-input convolutions of spikingresformer_cifar (T·B = 32 images, batch 8), 
     python benchmarks/event_conv_density.py [--fold 32] [--reps 5] [--dtype float32|bfloat16]
 
 Prints a table and writes benchmarks/results/event_conv_density_<backend>.json. The kernel gradient of the
-slices lowering is its custom VJP's (one im2col matmul per chunk of images, ``layers._kernel_grad_chunks``;
+slices lowering is its custom VJP's (one im2col matmul per chunk of images, ``ops.conv._kernel_grad_chunks``;
 the unused dx is dropped by XLA). The spikes are independent Bernoulli draws; SpikingResformer's measured
 rates are 3–14 % per layer at initialisation and 10.6 % on average after training (README).
 """
@@ -22,9 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from sresformer_jax import event_conv  # noqa: E402
-from sresformer_jax.layers import conv2d  # noqa: E402
+from sresformer_jax.ops import conv2d, kernels
 
 # name, per-image input (H, W, Cin), k, stride, padding, groups, Cout
 SHAPES = [
@@ -52,8 +50,8 @@ def main():
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--out", default=None)
     a = p.parse_args()
-    if not event_conv.enabled(jnp.float32):
-        sys.exit("the event kernels are not available here (see sresformer_jax/event_conv.py)")
+    if jax.default_backend() != "cpu" or kernels.unavailable():
+        sys.exit(f"the event kernels are not available here: {kernels.unavailable() or 'they run on the CPU'}")
     dtype = jnp.dtype(a.dtype)
     rng = np.random.default_rng(0)
     rows = []

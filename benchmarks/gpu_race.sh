@@ -20,7 +20,7 @@ ours=(--model spikingresformer_ti --img-size 224 --T 4 --num-classes 1000 --step
 official=(--official-dir "$OFFICIAL_DIR" --official-python "$PY" --official-device cuda --official-amp
           --official-timeout 600)
 # 1. both sides at the same batch (ours bf16), then the largest batch each fits (doubling from BATCH)
-python bench.py "${ours[@]}" "${official[@]}" --batch "$BATCH" --precision bfloat16 --max-batch "$CAP" \
+python benchmarks/bench.py "${ours[@]}" "${official[@]}" --batch "$BATCH" --precision bfloat16 --max-batch "$CAP" \
     --out benchmarks/results/bench_gpu_ti224.json
 # 2. ours in float32, for reference
-python bench.py "${ours[@]}" --batch "$BATCH" --precision float32 --out benchmarks/results/bench_gpu_ti224_fp32.json
+python benchmarks/bench.py "${ours[@]}" --batch "$BATCH" --precision float32 --out benchmarks/results/bench_gpu_ti224_fp32.json

@@ -17,17 +17,14 @@ import argparse
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "configs"))
+import numpy as np
+import synthetic                                # benchmarks/synthetic.py: tiny datasets in the real formats
 
-import numpy as np  # noqa: E402
-
-from sresformer_jax.data import dvs, get_dataset, synthetic  # noqa: E402
+from sresformer_jax.data import dvs, get_dataset
 
 
 def rate(fn, batches: int, per_batch: int) -> float:
@@ -48,7 +45,7 @@ def iterate_rate(it, batches: int, per_batch: int, workers: int) -> float:
 
 
 def imagenet(data_dir: str | None, tmp: Path, batch: int, batches: int, workers: int) -> dict:
-    import imagenet as cfgmod
+    from sresformer_jax.configs import imagenet as cfgmod
     if data_dir is None:
         data_dir = str(synthetic.write_image_folder(tmp / "imagenet", classes=4, per_class=(64, 16),
                                                      size=(500, 375)))
@@ -66,7 +63,7 @@ def imagenet(data_dir: str | None, tmp: Path, batch: int, batches: int, workers:
 
 
 def events(tmp: Path, batch: int, batches: int, workers: int, T: int = 16) -> dict:
-    import cifar10_dvs as cfgmod
+    from sresformer_jax.configs import cifar10_dvs as cfgmod
     raw = tmp / "cifar10_dvs"
     n = max(batch * (batches * (1 + (os.cpu_count() or 1)) + 8) // 10 + 1, 2)
     synthetic.write_cifar10_dvs(raw, per_class=n + 1, events=200_000)

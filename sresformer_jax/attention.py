@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from .layers import ConvBN, Dtype, dot
+from .layers import ConvBN, Dtype
+from .ops import dot
 from .neurons import Neuron
 
 FIRING_RATES = "firing_rates"
@@ -63,6 +64,7 @@ class DSSA(nn.Module):
     patch_size: int
     neuron: str = "LIF"
     momentum: float = 0.999
+    conv_impl: str = "xla"
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
 
@@ -80,14 +82,14 @@ class DSSA(nn.Module):
         init = self.is_initializing()
 
         s = neuron("lif_in")(x)                                               # [T, B, H, W, C]
-        y = ConvBN(2 * C, p, stride=p, spikes=True, dtype=self.dtype, param_dtype=self.param_dtype,
-                   name="kv")(s, train)                                       # [T, B, H/p, W/p, 2C]
+        kw = dict(spikes=True, conv_impl=self.conv_impl, dtype=self.dtype, param_dtype=self.param_dtype)
+        y = ConvBN(2 * C, p, stride=p, name="kv", **kw)(s, train)                                       # [T, B, H/p, W/p, 2C]
         n_kv = y.shape[2] * y.shape[3]                                        # N'
         y = jnp.moveaxis(y.reshape(T, B, n_kv, h, 2 * d), 3, 2)               # [T, B, h, N', 2d]
         y1, y2 = y[..., :d], y[..., d:]                                       # [T, B, h, N', d] each
         q = jnp.moveaxis(s.reshape(T, B, H * W, h, d), 3, 2)                  # [T, B, h, HW, d]
         # (heads-major batch dims: every product below is a canonical batched matmul, the form XLA:CPU's
-        #  bf16 × bf16 → f32 path accepts, see layers.dot)
+        #  bf16 × bf16 → f32 path accepts, see ops.dot)
 
         r_x = self.variable(FIRING_RATES, "firing_rate_x", jnp.zeros, (h,), self.param_dtype)
         r_attn = self.variable(FIRING_RATES, "firing_rate_attn", jnp.zeros, (h,), self.param_dtype)
@@ -111,5 +113,5 @@ class DSSA(nn.Module):
         out = jnp.moveaxis(out, 2, 3).reshape(T, B, H, W, C)                  # head-major channels
 
         o = neuron("lif_out")(out)
-        o = ConvBN(C, 1, spikes=True, dtype=self.dtype, param_dtype=self.param_dtype, name="proj")(o, train)
+        o = ConvBN(C, 1, name="proj", **kw)(o, train)
         return o + x

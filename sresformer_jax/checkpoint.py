@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from . import trees
 from .model import SpikingResformer, dummy_input
 
 STATE, MODEL_CONFIG, METADATA = "state", "model_config", "metadata"
@@ -40,21 +41,9 @@ def _checkpointer() -> ocp.Checkpointer:
            METADATA: ocp.JsonCheckpointHandler()}))
 
 
-def _plain(tree: Any) -> Any:
-    """FrozenDicts / Mappings → dicts, leaves → arrays."""
-    if isinstance(tree, Mapping):
-        return {str(k): _plain(v) for k, v in tree.items()}
-    return tree if isinstance(tree, (jax.Array, np.ndarray)) else np.asarray(tree)
-
-
-def _leaves(tree: Any) -> dict[str, Any]:
-    return {"/".join(str(getattr(k, "key", k)) for k in path): leaf
-            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
 def _expected(model: SpikingResformer) -> dict[str, Any]:
     """Every variable of ``model``: path → ShapeDtypeStruct (traced, nothing computed)."""
-    return _leaves(jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), dummy_input(model), train=False)))
+    return trees.paths(jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), dummy_input(model), train=False)))
 
 
 def _compare(expected: Mapping[str, Any], got: Mapping[str, Any], what: str) -> None:
@@ -70,8 +59,9 @@ def _compare(expected: Mapping[str, Any], got: Mapping[str, Any], what: str) -> 
                          + "\n".join(lines))
 
 
-def _model(cfg: Mapping[str, Any], dtype=None, param_dtype=jnp.float32) -> SpikingResformer:
-    return SpikingResformer.from_config(cfg, dtype=dtype, param_dtype=param_dtype)
+def _model(cfg: Mapping[str, Any], dtype=None, param_dtype=jnp.float32, conv_impl: str = "xla") -> SpikingResformer:
+    """The model of a stored config (``conv_impl="xla"`` where only names and shapes are needed)."""
+    return SpikingResformer.from_config(cfg, dtype=dtype, param_dtype=param_dtype, conv_impl=conv_impl)
 
 
 def save_model(directory: str | os.PathLike, variables: Mapping[str, Any], model_config: Mapping[str, Any],
@@ -89,8 +79,8 @@ def save_model(directory: str | os.PathLike, variables: Mapping[str, Any], model
         raise FileExistsError(f"{directory} already exists; pass overwrite=True to replace it")
     cfg = json.loads(json.dumps(dict(model_config)))  # JSON-able, plain lists
     model = _model(cfg)                                # validates the config
-    state = _plain(variables)
-    _compare(_expected(model), _leaves(state), "the variables")
+    state = trees.to_plain(variables)
+    _compare(_expected(model), trees.paths(state), "the variables")
     meta = json.loads(json.dumps(dict(metadata or {}), default=str))
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = directory.with_name(f".{directory.name}.partial-{uuid.uuid4().hex[:8]}")
@@ -138,13 +128,14 @@ def load_metadata(directory: str | os.PathLike) -> dict[str, Any]:
     return _restore_json(directory, METADATA) or {}
 
 
-def load_model(directory: str | os.PathLike, dtype=None) -> tuple[SpikingResformer, dict]:
+def load_model(directory: str | os.PathLike, dtype=None, conv_impl: str = "auto") -> tuple[SpikingResformer, dict]:
     """Restores a checkpoint written by ``save_model``: ``(model, variables)``, ready for
     ``model.apply(variables, x, train=False)``.
 
     ``dtype=None`` keeps the stored dtypes (the model computes in its input's dtype); a dtype (e.g.
     ``jnp.bfloat16``, or ``jnp.float64`` with ``jax_enable_x64``) casts every floating-point variable and
-    becomes the model's computation and parameter dtype, as in ``interop.from_official``.
+    becomes the model's computation and parameter dtype, as in ``interop.from_official``. ``conv_impl`` is the
+    returned model's lowering (``ops.lowering``).
     """
     directory = Path(directory).absolute()
     _check_dir(directory)
@@ -154,7 +145,7 @@ def load_model(directory: str | os.PathLike, dtype=None) -> tuple[SpikingResform
     try:
         meta = _checkpointer().metadata(directory).item_metadata[STATE]
         meta = getattr(meta, "tree", meta)  # TreeMetadata → its dict of ArrayMetadata
-        stored = _leaves(meta)
+        stored = trees.paths(meta)
     except Exception as e:  # noqa: BLE001 - orbax raises many kinds
         raise ValueError(f"cannot read the variables' metadata in {directory / STATE}: {e}") from e
     if dtype is None and not jax.config.jax_enable_x64 and any(np.dtype(v.dtype).itemsize == 8 and
@@ -164,7 +155,7 @@ def load_model(directory: str | os.PathLike, dtype=None) -> tuple[SpikingResform
                          "first, or load them as float32 with dtype=jnp.float32")
     param_dtypes = {np.dtype(v.dtype) for k, v in stored.items() if k.startswith("params/")}
     param_dtype = dtype if dtype is not None else (param_dtypes.pop() if len(param_dtypes) == 1 else jnp.float32)
-    model = _model(cfg, dtype=dtype, param_dtype=param_dtype)
+    model = _model(cfg, dtype=dtype, param_dtype=param_dtype, conv_impl=conv_impl)
     _compare(_expected(model), stored, f"the variables stored in {directory / STATE}")
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
 
@@ -176,7 +167,7 @@ def load_model(directory: str | os.PathLike, dtype=None) -> tuple[SpikingResform
 
     restored = _checkpointer().restore(directory, ocp.args.Composite(**{
         STATE: ocp.args.StandardRestore(jax.tree_util.tree_map(target, meta))}))[STATE]
-    return model, _plain(restored)
+    return model, trees.to_plain(restored)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -290,7 +281,7 @@ def _restore_train_variables(step_dir: Path) -> tuple[dict, dict]:
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     target = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=sharding), tree)
     state = ckptr.restore(step_dir, ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
-    return dict(meta), {c: _plain(state[c]) for c in ("params", "batch_stats", "firing_rates")}
+    return dict(meta), {c: trees.to_plain(state[c]) for c in ("params", "batch_stats", "firing_rates")}
 
 
 def find_train_checkpoint(path: str | os.PathLike, prefer: str = "best") -> Path | None:

@@ -188,7 +188,7 @@ def from_official_cmd(args: argparse.Namespace) -> int:
         overrides["dvs"] = True
     try:
         cfg = config_for(args.variant, **overrides)
-        probe = SpikingResformer.from_config(cfg)
+        probe = SpikingResformer.from_config(cfg, conv_impl="xla")      # names and shapes only
     except ValueError as e:
         raise ConversionError(str(e)) from None
 

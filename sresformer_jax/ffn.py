@@ -21,6 +21,7 @@ class GWFFN(nn.Module):
     ratio: int = 4
     group_size: int = 64
     neuron: str = "LIF"
+    conv_impl: str = "xla"
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
 
@@ -30,7 +31,7 @@ class GWFFN(nn.Module):
         if inner % self.group_size:
             raise ValueError(f"GWFFN group size {self.group_size} does not divide {inner} = "
                              f"{self.ratio}×{self.dim} hidden channels")
-        kw = dict(spikes=True, dtype=self.dtype, param_dtype=self.param_dtype)   # every conv reads spikes
+        kw = dict(spikes=True, conv_impl=self.conv_impl, dtype=self.dtype, param_dtype=self.param_dtype)  # reads spikes
         neuron = lambda name: Neuron(self.neuron, param_dtype=self.param_dtype, name=name)  # noqa: E731
 
         u = ConvBN(inner, 1, name="up", **kw)(neuron("up_lif")(x), train)               # [T,B,H,W,RC]

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import trees
 from .model import SpikingResformer, dummy_input
 
 _BN_LEAF = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
@@ -87,40 +88,25 @@ def _from_official_array(name: str, v: np.ndarray) -> np.ndarray:
     return v
 
 
-def _flat(tree: Mapping) -> dict[tuple[str, ...], Any]:
-    return {tuple(str(getattr(k, "key", k)) for k in path): v
-            for path, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
-def _unflat(flat: Mapping[tuple[str, ...], Any]) -> dict:
-    out: dict = {}
-    for path, v in flat.items():
-        node = out
-        for k in path[:-1]:
-            node = node.setdefault(k, {})
-        node[path[-1]] = v
-    return out
-
-
 def name_table(model: SpikingResformer) -> dict[str, tuple[tuple[str, ...], tuple[int, ...]]]:
     """Official name → (Flax path with collection first, official shape) for every leaf of ``model``."""
     abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), dummy_input(model), train=False))
     table = {}
-    for path, leaf in _flat(abstract).items():
+    for path, leaf in trees.flatten(abstract).items():
         name = official_name(path[1:])
         table[name] = (path, _to_official_array(name, np.zeros(leaf.shape, np.int8)).shape)
     return table
 
 
 def from_official(cfg: Mapping[str, Any], state_dict: Mapping[str, Any], dtype=jnp.float32,
-                  ) -> tuple[SpikingResformer, dict]:
+                  conv_impl: str = "auto") -> tuple[SpikingResformer, dict]:
     """Builds the model of ``cfg`` (the golden files' config keys) and its variables from an official
     state dict (numpy arrays or torch tensors). Parameters and state are cast to ``dtype``, which is
-    also the model's computation dtype. Missing, unexpected or mis-shaped keys raise a ``ValueError``
-    that lists them all."""
+    also the model's computation dtype; ``conv_impl`` is the model's lowering. Missing, unexpected or
+    mis-shaped keys raise a ``ValueError`` that lists them all."""
     if jnp.dtype(dtype) == jnp.float64 and not jax.config.jax_enable_x64:
         raise ValueError("dtype=float64 needs 64-bit JAX: call jax.config.update('jax_enable_x64', True) first")
-    model = SpikingResformer.from_config(cfg, dtype=dtype, param_dtype=dtype)
+    model = SpikingResformer.from_config(cfg, dtype=dtype, param_dtype=dtype, conv_impl=conv_impl)
     table = name_table(model)
     given = {k: v for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
     missing = sorted(set(table) - set(given))
@@ -136,7 +122,7 @@ def from_official(cfg: Mapping[str, Any], state_dict: Mapping[str, Any], dtype=j
                          f"activation={model.activation}): " + "; ".join(p for p in parts if p))
     flat = {path: jnp.asarray(_from_official_array(name, _to_numpy(given[name])), dtype)
             for name, (path, _) in table.items()}
-    return model, _unflat(flat)
+    return model, trees.unflatten(flat)
 
 
 def to_official(variables: Mapping[str, Any], num_batches_tracked: int | None = 0) -> dict[str, np.ndarray]:
@@ -144,7 +130,7 @@ def to_official(variables: Mapping[str, Any], num_batches_tracked: int | None = 
     same-structured tree such as gradients under ``params``) → official names and layouts (numpy).
     With ``batch_stats`` present, each BN's ``num_batches_tracked`` is added (int64), unless ``None``."""
     out = {}
-    for path, v in _flat(variables).items():
+    for path, v in trees.flatten(variables).items():
         name = official_name(path[1:])
         out[name] = _to_official_array(name, np.asarray(v))
         if num_batches_tracked is not None and name.endswith(".bn.running_mean"):

@@ -1,4 +1,4 @@
-"""SpikingResformer (SPEC §4): stem → 3 stages of [DSSA → GWFFN] with spiking downsamples → head.
+"""SpikingResformer: stem → 3 stages of [DSSA → GWFFN] with spiking downsamples → head (docs/model.md).
 
     x ─ stem ─ stage1 ─ ↓ ─ stage2 ─ ↓ ─ stage3 ─ avg-pool ─ classifier ─ logits [T, B, classes]
 
@@ -14,10 +14,12 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from . import trees
 from .attention import DSSA, FIRING_RATES, FiringRatesNotSetError, check_firing_rates
 from .ffn import GWFFN
 from .layers import ConvBN, Dtype, max_pool, trunc_normal_init
 from .neurons import Neuron
+from .ops import CONV_IMPLS, resolve_conv_impl
 
 BATCH_STATS = "batch_stats"
 STATE_COLLECTIONS = (BATCH_STATS, FIRING_RATES)
@@ -46,14 +48,15 @@ class Downsample(nn.Module):
 
     features: int
     neuron: str = "LIF"
+    conv_impl: str = "xla"
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         s = Neuron(self.neuron, param_dtype=self.param_dtype, name="lif")(x)
-        return ConvBN(self.features, 3, stride=2, padding=1, spikes=True, dtype=self.dtype,
-                      param_dtype=self.param_dtype, name="conv")(s, train)
+        return ConvBN(self.features, 3, stride=2, padding=1, spikes=True, conv_impl=self.conv_impl,
+                      dtype=self.dtype, param_dtype=self.param_dtype, name="conv")(s, train)
 
 
 class SpikingResformer(nn.Module):
@@ -62,6 +65,10 @@ class SpikingResformer(nn.Module):
     ``__call__(x, train)``: ``x`` is NHWC ``[B, H, W, C]`` (static image, direct encoding over ``T``) or,
     when ``dvs`` is set, event frames ``[B, T, H, W, C]``; returns per-step logits ``[T, B, classes]``.
     Training mode needs ``mutable=["batch_stats", "firing_rates"]``.
+
+    ``conv_impl`` is how its convolutions and BatchNorm statistics are computed (``ops.lowering``): "auto" is
+    resolved to "xla", "slices" or "events" when the model is built, so that ``model.conv_impl`` always names
+    the lowering its programs use. Two models with different lowerings compile to different programs.
     """
 
     blocks: Sequence[int] = (1, 2, 3)
@@ -79,6 +86,16 @@ class SpikingResformer(nn.Module):
     dtype: Dtype | None = None         # computation dtype (None: the input's)
     param_dtype: Dtype = jnp.float32
     remat: bool = False                # recompute each DSSA/GWFFN block's activations in the backward pass
+    conv_impl: str = "auto"            # "auto" | "xla" | "slices" | "events", resolved in __post_init__
+
+    def __post_init__(self):
+        if self.conv_impl not in CONV_IMPLS:
+            raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {self.conv_impl!r}")
+        if self.conv_impl == "auto":   # once, here: the programs traced later read the concrete value only
+            object.__setattr__(self, "conv_impl", resolve_conv_impl("auto", self.dtype))
+        else:
+            resolve_conv_impl(self.conv_impl, self.dtype)       # can it run here? (raises with the fix)
+        super().__post_init__()
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], **kwargs) -> "SpikingResformer":
@@ -153,12 +170,13 @@ class SpikingResformer(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         self._check_input(x)
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        lowered = dict(kw, conv_impl=self.conv_impl)
         dtype = self.dtype or x.dtype
         x = x.astype(dtype)
         if self.prologue == "default":
-            stem = ConvBN(self.planes[0], 7, stride=2, padding=3, name="stem", **kw)
+            stem = ConvBN(self.planes[0], 7, stride=2, padding=3, name="stem", **lowered)
         else:
-            stem = ConvBN(self.planes[0], 3, stride=1, padding=1, name="stem", **kw)
+            stem = ConvBN(self.planes[0], 3, stride=1, padding=1, name="stem", **lowered)
         if self.dvs:
             x = stem(jnp.swapaxes(x, 0, 1), train)                           # [T, B, H, W, D1]
         else:
@@ -173,11 +191,11 @@ class SpikingResformer(nn.Module):
         for i, (n, c, h, p) in enumerate(zip(self.blocks, self.planes, self.num_heads, self.patch_sizes)):
             s = i + 1
             if i:
-                x = Downsample(c, self.activation, name=f"stage{s}_downsample", **kw)(x, train)
+                x = Downsample(c, self.activation, name=f"stage{s}_downsample", **lowered)(x, train)
             for k in range(1, n + 1):
-                x = dssa(c, h, p, self.activation, name=f"stage{s}_dssa{k}", **kw)(x, train)
+                x = dssa(c, h, p, self.activation, name=f"stage{s}_dssa{k}", **lowered)(x, train)
                 x = gwffn(c, group_size=self.group_size, neuron=self.activation,
-                          name=f"stage{s}_gwffn{k}", **kw)(x, train)
+                          name=f"stage{s}_gwffn{k}", **lowered)(x, train)
         x = jnp.mean(x, axis=(2, 3))                                          # [T, B, D3]
         return nn.Dense(self.num_classes, use_bias=False, kernel_init=trunc_normal_init(0.02),
                         name="classifier", **kw)(x)                           # [T, B, classes]
@@ -192,10 +210,11 @@ def config_for(name: str, **overrides) -> dict[str, Any]:
 
 
 def create_model(name: str, dtype: Dtype | None = None, param_dtype: Dtype = jnp.float32, remat: bool = False,
-                 **overrides) -> SpikingResformer:
-    """A registered variant: ``create_model("spikingresformer_cifar", num_classes=100, img_size=32)``."""
+                 conv_impl: str = "auto", **overrides) -> SpikingResformer:
+    """A registered variant: ``create_model("spikingresformer_cifar", num_classes=100, img_size=32)``.
+    ``conv_impl``: "auto" (the platform's best, resolved now), "xla", "slices" or "events" (``ops.lowering``)."""
     return SpikingResformer.from_config(config_for(name, **overrides), dtype=dtype,
-                                        param_dtype=param_dtype, remat=remat)
+                                        param_dtype=param_dtype, remat=remat, conv_impl=conv_impl)
 
 
 def dummy_input(model: SpikingResformer, batch: int = 1, dtype=jnp.float32) -> jax.Array:
@@ -228,16 +247,13 @@ def calibrate(model: SpikingResformer, variables: Mapping, x: jax.Array,
 
 def check_calibrated(variables: Mapping) -> None:
     """Raises ``FiringRatesNotSetError`` if any DSSA firing-rate statistic is zero (evaluation would give NaN)."""
-    flat = jax.tree_util.tree_flatten_with_path(variables.get(FIRING_RATES, {}))[0]
-    for path, value in flat:
-        check_firing_rates(value, "/".join(str(getattr(k, "key", k)) for k in path))
+    for path, value in trees.paths(variables.get(FIRING_RATES, {})).items():
+        check_firing_rates(value, path)
 
 
 def count_params(params: Mapping, include_bn: bool = True) -> int:
-    """Number of parameters; ``include_bn=False`` drops BN γ/β (the paper's count for Ti and M, SPEC §4.3)."""
-    flat = jax.tree_util.tree_flatten_with_path(params)[0]
-    return sum(int(v.size) for path, v in flat
-               if include_bn or "bn" not in [getattr(k, "key", None) for k in path])
+    """Number of parameters; ``include_bn=False`` drops BN γ/β (the paper's count for Ti and M)."""
+    return sum(int(v.size) for path, v in trees.flatten(params).items() if include_bn or "bn" not in path)
 
 
 __all__ = ["SpikingResformer", "Downsample", "VARIANTS", "CONFIG_KEYS", "BATCH_STATS", "FIRING_RATES",

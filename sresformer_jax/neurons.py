@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from .layers import buffer_slice, buffer_write, scan_buffer
+from .ops.scan import buffer_slice, buffer_write, scan_buffer
 
 SURROGATES = ("atan", "sigmoid")
 SPIKE_COUNTS = "spike_counts"  # optional collection: per-layer spike counts, for firing rates and SOPs

@@ -1,51 +1,55 @@
-"""Process start-up settings for hosts that run XLA:CPU: huge pages for its per-step buffers.
+"""Host memory for XLA:CPU: where its per-step buffers come from, and how to launch a process that has them fast.
 
-XLA:CPU allocates each executable's temporary buffer with one ``malloc`` per execution. That is about 2 GB for
-a batch-8 training step and 8 GB for batch 32. glibc serves an allocation that large with a fresh ``mmap`` and
-unmaps it on ``free``. So every step page-faults through the whole buffer again, 4 KiB at a time, and the
-kernel zeroes every page. Measured at batch 32 on a 2-core VM: 2.0 M minor faults and 6–7 s of kernel time in
-a 12 s step.
+XLA:CPU allocates each executable's temporary buffer with one ``malloc`` per execution: about 2 GB for a batch-8
+training step of ``spikingresformer_cifar`` and 5 GB for batch 32. glibc serves an allocation that large with a
+fresh ``mmap`` and unmaps it on ``free``, so every step page-faults through the whole buffer again, 4 KiB at a
+time, and the kernel zeroes every page (2 M faults and seconds of kernel time per batch-32 step on a 2-core VM).
 
-glibc's ``glibc.malloc.hugetlb=1`` tunable marks those mappings for transparent huge pages, so one fault maps
-2 MiB. That is about 300× fewer faults, 2 s of kernel time, and a ~9.5 s step. The memory still goes back to
-the system on ``free``. Keeping it in the process instead (``mallopt``: no mmap, no trim) also avoids the faults,
-but it leaks. glibc cannot reuse an aligned block's hole for the next aligned block of the same size, so the
-heap grew by every freed XLA output (docs/performance.md).
+glibc reads its settings only when a process starts, so the fix is a launcher setting, never something a running
+process can do for itself. Either of
 
-glibc reads tunables only when a process starts. So ``reexec_with_huge_pages`` replaces the process, once and
-before it does anything else, by the same command with ``GLIBC_TUNABLES`` extended. ``train.py``, ``eval.py``
-and ``bench.py`` call it first thing. A program that imports the library can start Python with
-``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` itself.
+    GLIBC_TUNABLES=glibc.malloc.hugetlb=1 python train.py ...        # glibc >= 2.35, transparent huge pages on
+    LD_PRELOAD=libjemalloc.so.2 MALLOC_CONF=oversize_threshold:0 python train.py ...   # apt install libjemalloc2
 
-Mode, from the argument or ``$SRESFORMER_HOST_MEMORY``:
-  ``auto``    huge pages when the kernel offers transparent huge pages, glibc ≥ 2.35 and no accelerator is
-              present (``JAX_PLATFORMS=cpu``, or no GPU/TPU device node). This is the default.
-  ``huge``    huge pages whenever the kernel and glibc allow it
-  ``system``  leave the allocator as it is
+removes the cost (measured in docs/performance.md). ``train.py`` and ``eval.py`` warn once when a CPU run has
+neither. ``ALLOCATORS`` names the settings the benchmark gives to each process it launches.
 """
 from __future__ import annotations
 
+import functools
 import os
 import platform
-import sys
 import warnings
+from pathlib import Path
 
-MODES = ("auto", "huge", "system")
-ENV = "SRESFORMER_HOST_MEMORY"
 TUNABLE = "glibc.malloc.hugetlb"
 _THP_SETTING = "/sys/kernel/mm/transparent_hugepage/enabled"
+_LIB_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib", "/usr/local/lib")
+PRELOADS = {"jemalloc": "libjemalloc.so.2", "tcmalloc": "libtcmalloc_minimal.so.4", "mimalloc": "libmimalloc.so.2"}
+DEBIAN_PACKAGES = {"jemalloc": "libjemalloc2", "tcmalloc": "libtcmalloc-minimal4", "mimalloc": "libmimalloc2.0"}
+# jemalloc hands allocations above 8 MiB to an arena that returns them to the system at once, which is glibc's
+# problem again; with no such threshold its dirty pages are reused (and returned after its 10 s decay).
+PRELOAD_ENV = {"jemalloc": {"MALLOC_CONF": "oversize_threshold:0"}}
+
+# glibc settings that keep freed memory in the process (one arena, no mmap, no trim). They avoid the faults too,
+# but with XLA the heap grows by every freed output (glibc cannot reuse a freed aligned block for the next one of
+# the same size), so this project does not recommend them; the benchmark can give them to the official process,
+# whose PyTorch allocations they speed up the most of the settings tried.
+RETAIN_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**62)}
+ALLOCATORS = ("system", "huge", "retain", *PRELOADS)
+"""Host-allocator settings a launcher can give a process (``allocator_env``)."""
+
+# What the warning says it costs: docs/performance.md, "Host allocator" (spikingresformer_cifar, batch 32, T = 4,
+# 32², float32 training step on a 2-core Sapphire Rapids VM).
+MEASURED_COST = "a batch-32 step of spikingresformer_cifar took 1.7× as long without it on a 2-core VM"
+
+
 _ACCELERATOR_NODES = ("/dev/nvidia0", "/dev/accel0", "/dev/kfd")
 
 
-# glibc's start-up settings that keep freed memory in the process (one arena, no mmap, no trim). They avoid the
-# faults too, but with XLA the heap grows by every freed output (see the module docstring), so this project does
-# not use them; ``bench.py --official-host-memory retain`` gives them to the official process, whose PyTorch
-# allocations they speed up the most of the settings tried.
-RETAIN_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**62)}
-
-
 def accelerator_present() -> bool:
-    """True unless ``JAX_PLATFORMS=cpu`` or the host has no GPU/TPU device node. Starts no JAX backend."""
+    """True unless ``JAX_PLATFORMS=cpu`` or the host has no GPU/TPU device node. Starts no JAX backend (for
+    choices made before ``jax.distributed.initialize``)."""
     if os.environ.get("JAX_PLATFORMS", "").strip().lower() == "cpu":
         return False
     return any(os.path.exists(p) for p in _ACCELERATOR_NODES)
@@ -59,8 +63,7 @@ def huge_pages_unavailable() -> str | None:
     if tuple(int(p) for p in version.split(".")[:2]) < (2, 35):
         return f"needs glibc >= 2.35 for the {TUNABLE} tunable; this is glibc {version}"
     try:
-        with open(_THP_SETTING) as f:
-            thp = f.read()
+        thp = Path(_THP_SETTING).read_text()
     except OSError:
         return f"the kernel has no transparent huge pages ({_THP_SETTING} is missing)"
     if "[never]" in thp:
@@ -82,25 +85,76 @@ def huge_pages_active(env: dict[str, str] | None = None) -> bool:
     return any(t in (f"{TUNABLE}=1", f"{TUNABLE}=2") for t in tunables.split(":"))
 
 
-def wants_huge_pages(mode: str | None = None) -> bool:
-    """Whether ``mode`` (default ``$SRESFORMER_HOST_MEMORY`` or ``auto``) asks for huge pages on this host."""
-    mode = os.environ.get(ENV, "auto") if mode is None else mode
-    if mode not in MODES:
-        raise ValueError(f"host memory mode {mode!r} (from the argument or ${ENV}) is not one of {MODES}; "
-                         "use 'auto' (the default), 'huge' or 'system'")
-    if mode == "system" or (mode == "auto" and accelerator_present()):
-        return False
-    why_not = huge_pages_unavailable()
-    if why_not and mode == "huge":
-        warnings.warn(f"{ENV}=huge: {why_not}; the allocator is left as it is.", stacklevel=3)
-    return why_not is None
+def find_library(soname: str) -> str | None:
+    """The path of a shared library in the system's library directories (for ``LD_PRELOAD``), or None."""
+    for d in _LIB_DIRS:
+        if Path(d, soname).exists():
+            return str(Path(d, soname))
+    return None
 
 
-def reexec_with_huge_pages(mode: str | None = None) -> None:
-    """Restart this program with glibc's huge pages on, if ``mode`` wants them and the process started without
-    them. Call it before anything else happens: it does not return when it restarts the process."""
-    if not wants_huge_pages(mode) or TUNABLE + "=" in os.environ.get("GLIBC_TUNABLES", ""):
-        return          # not wanted, already on, or the user chose a value: leave it
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], with_huge_pages(dict(os.environ)))
+def preloaded_allocator(env: dict[str, str] | None = None) -> str | None:
+    """The name of the malloc replacement in ``LD_PRELOAD`` (of ``env``, default this process's), or None."""
+    preload = (os.environ if env is None else env).get("LD_PRELOAD", "")
+    return next((name for name, so in PRELOADS.items() if so.split(".so")[0] in preload), None)
+
+
+def allocator_env(name: str, env: dict[str, str] | None = None) -> dict[str, str]:
+    """``env`` (default this process's) set up to start a process on the host allocator ``name``
+    (``ALLOCATORS``): glibc's defaults, huge pages, glibc retaining freed memory, or a preloaded malloc."""
+    if name not in ALLOCATORS:
+        raise ValueError(f"unknown allocator {name!r}; choose one of {ALLOCATORS}")
+    out = with_huge_pages(dict(os.environ if env is None else env), on=name == "huge")
+    for k in RETAIN_ENV:
+        out.pop(k, None)
+    out["LD_PRELOAD"] = " ".join(p for p in out.get("LD_PRELOAD", "").split() if preloaded_allocator(
+        {"LD_PRELOAD": p}) is None)
+    if name == "retain":
+        out |= RETAIN_ENV
+    if name in PRELOADS:
+        lib = find_library(PRELOADS[name])
+        if lib is None:
+            raise FileNotFoundError(f"{PRELOADS[name]} is not installed (Debian: apt-get install "
+                                    f"{DEBIAN_PACKAGES[name]})")
+        out["LD_PRELOAD"] = " ".join(filter(None, (lib, out["LD_PRELOAD"])))
+        out |= PRELOAD_ENV.get(name, {})
+    if not out["LD_PRELOAD"]:
+        del out["LD_PRELOAD"]
+    return out
+
+
+def describe(env: dict[str, str] | None = None) -> str:
+    """The host allocator a process with ``env`` runs on, in a word."""
+    env = os.environ if env is None else env
+    if preloaded_allocator(env):
+        return preloaded_allocator(env)
+    if huge_pages_active(env):
+        return "huge"
+    return "retain" if env.get("MALLOC_MMAP_MAX_") == "0" else "system"
+
+
+def allocator_advice(platform_name: str, env: dict[str, str] | None = None) -> str | None:
+    """What to change, if anything, for XLA:CPU's per-step buffers on a host running ``platform_name``."""
+    if platform_name != "cpu" or describe(env) != "system":
+        return None
+    fixes = []
+    if huge_pages_unavailable() is None:
+        fixes.append(f"GLIBC_TUNABLES={TUNABLE}=1")
+    jemalloc = find_library(PRELOADS["jemalloc"]) or "libjemalloc.so.2 (apt-get install libjemalloc2)"
+    fixes.append(f"MALLOC_CONF=oversize_threshold:0 LD_PRELOAD={jemalloc}")
+    return (f"XLA:CPU's per-step buffers are on glibc's default allocator, which re-faults them every step "
+            f"({MEASURED_COST}). Start Python with {' or '.join(fixes)}, e.g. `{fixes[0].split(' (')[0]} "
+            "python train.py`; see docs/performance.md.")
+
+
+@functools.cache
+def warn_if_slow_allocator(platform_name: str) -> None:
+    """Warns once per process when ``allocator_advice`` has something to say."""
+    advice = allocator_advice(platform_name)
+    if advice:
+        warnings.warn(advice, RuntimeWarning, stacklevel=2)
+
+
+__all__ = ["ALLOCATORS", "MEASURED_COST", "PRELOADS", "RETAIN_ENV", "TUNABLE", "accelerator_present",
+           "allocator_advice", "allocator_env", "describe", "find_library", "huge_pages_active",
+           "huge_pages_unavailable", "preloaded_allocator", "warn_if_slow_allocator", "with_huge_pages"]

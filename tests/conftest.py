@@ -38,13 +38,13 @@ def x64():
 
 @pytest.fixture(scope="session")
 def event_kernels():
-    """Builds the event-convolution kernels; skips only when no C++ compiler exists to build them (their
-    build and fallback are tested in test_event_conv.py)."""
-    from sresformer_jax import event_conv
+    """Builds and loads the compiled CPU kernels; skips only when no C++ compiler exists to build them (their
+    build and fallback are tested in test_kernels.py)."""
+    from sresformer_jax.ops import kernels
 
     try:
-        event_conv._register()
-    except event_conv.EventConvBuildError as err:
+        return kernels.load()
+    except kernels.KernelBuildError as err:
         if "no C++ compiler" in str(err):
             pytest.skip(str(err))
         raise

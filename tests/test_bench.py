@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 import bench
 
 # one stage, 4×4 input, T = 1: compilation dominates; the test takes ~17 s on 2 cores
 TINY = dict(planes=(8,), num_heads=(1,), blocks=(1,), patch_sizes=(2,), group_size=8)
 
 
+@pytest.mark.slow
 def test_bench_ours_tiny(tmp_path):
     res = bench.bench_ours("spikingresformer_cifar", img_size=4, T=1, batch=2, num_classes=4, steps=1,
                            warmup=0, model_overrides=TINY, peak_flops=1e9, log=lambda *a: None)

@@ -71,6 +71,7 @@ def _same_as_official(exported: dict, sd: dict) -> None:
 
 # ------------------------------------------------------------------------------------------------ happy path
 
+@pytest.mark.slow
 def test_cli_from_official_to_official_round_trip(dvsg_sd, dvsg_pth, tmp_path):
     out = tmp_path / "ckpt" / "dvsg"
     r = _cli("from-official", "--variant", "spikingresformer_dvsg", "--pth", dvsg_pth, "--out", out)
@@ -98,6 +99,7 @@ def test_cli_from_official_to_official_round_trip(dvsg_sd, dvsg_pth, tmp_path):
     _same_as_official(exported["model"], dvsg_sd)
 
 
+@pytest.mark.slow
 def test_converted_checkpoint_evaluates(dvsg_pth, tmp_path):
     out = tmp_path / "dvsg"
     assert convert.main(["from-official", "--variant", "spikingresformer_dvsg", "--pth", str(dvsg_pth),
@@ -109,6 +111,7 @@ def test_converted_checkpoint_evaluates(dvsg_pth, tmp_path):
     assert float(jnp.std(logits)) > 0
 
 
+@pytest.mark.slow
 def test_npz_input_and_output(dvsg_sd, dvsg_pth, tmp_path, capsys):
     npz = tmp_path / "weights.npz"
     np.savez(npz, **{f"model/{k}": v for k, v in dvsg_sd.items()})
@@ -124,6 +127,7 @@ def test_npz_input_and_output(dvsg_sd, dvsg_pth, tmp_path, capsys):
     assert "flat .npz of official state-dict names" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_bare_state_dict_with_ddp_prefix(dvsg_sd, tmp_path, capsys):
     pth = tmp_path / "bare.pth"
     save_pth({f"module.{k}": v for k, v in dvsg_sd.items()}, pth)
@@ -167,6 +171,7 @@ def test_bad_state_dict_is_listed_and_nothing_written(dvsg_sd, tmp_path, capsys,
     _only(tmp_path, "bad.pth")
 
 
+@pytest.mark.slow
 def test_several_problems_one_line_each_in_a_subprocess(dvsg_sd, tmp_path):
     sd = dict(dvsg_sd)
     del sd["classifier.weight"], sd["layers.0.0.firing_rate_x"]
@@ -228,6 +233,7 @@ def test_unsafe_pth_is_refused_by_the_cli(tmp_path, capsys):
     _only(tmp_path, "evil.pth")
 
 
+@pytest.mark.slow
 def test_existing_output_needs_force(dvsg_pth, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
@@ -269,6 +275,7 @@ def test_help_has_examples(capsys):
 
 # ------------------------------------------------------------------------------------------------ checkpoint module
 
+@pytest.mark.slow
 def test_checkpoint_round_trip_of_the_golden_config(tmp_path):
     """save_model / load_model on a non-registered config: the official init/ state dict of a golden file."""
     with np.load(GOLDEN / "dvs_style_plif_t8.npz") as z:

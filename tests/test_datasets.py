@@ -14,19 +14,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sresformer_jax.data import dvs, get_dataset, synthetic
+import synthetic
+from sresformer_jax.data import DatasetNotFoundError, dvs, get_dataset
 from sresformer_jax.data.events import frames_by_number
-from sresformer_jax.data.pipeline import DatasetNotFoundError
 from sresformer_jax.data.randaugment import level_to_arg, parse_randaugment
 from sresformer_jax.data.transforms import eval_image, random_resized_crop_box, train_image
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "configs"))
 
 
 def config(name: str, **dataset):
     import importlib
-    c = importlib.import_module(name).get_config()
+    c = importlib.import_module(f"sresformer_jax.configs.{name}").get_config()
     c.dataset.update(dataset)
     return c
 
@@ -290,6 +289,7 @@ def run(args, check=True):
     return p
 
 
+@pytest.mark.slow
 def test_imagenet_folders_train_eval_then_transfer_to_dvs128(tmp_path):
     """ImageNet recipe from a class-folder tree → eval.py → the DVS128 transfer recipe from raw AEDAT files,
     initialised from that ImageNet run (fresh classifier)."""
@@ -307,6 +307,7 @@ def test_imagenet_folders_train_eval_then_transfer_to_dvs128(tmp_path):
     assert [r["count"] for r in recs if r["split"] == "test"] == [4]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cfg,needle", [("configs/cifar10.py", "tfds build cifar10"),
                                         ("configs/imagenet.py:ti", "ILSVRC2012_img_train.tar"),
                                         ("configs/cifar10_dvs.py", "airplane.zip"),

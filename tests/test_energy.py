@@ -140,6 +140,7 @@ def _golden_eval(name: str):
     return r["model"], r["eval_counts"], r["batch"], r["eval_state"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", GOLDEN_FILES)
 def test_sops_match_official_exactly(name):
     model, counts, batch, _ = _golden_eval(name)
@@ -157,6 +158,7 @@ def test_sops_match_official_exactly(name):
     assert sops["total"] == ref["sops_per_image"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", GOLDEN_FILES)
 def test_energy_report_matches_official(name):
     model, _, batch, state = _golden_eval(name)

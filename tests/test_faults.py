@@ -16,6 +16,8 @@ import pytest
 from test_train_e2e import ROOT, TINY, final_params, run, straight  # noqa: F401  (shared 4-step run)
 
 
+pytestmark = pytest.mark.slow         # every test here runs train.py/eval.py as a subprocess
+
 def _steps(workdir: Path) -> list[int]:
     d = workdir / "checkpoints"
     return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.is_dir() else []

@@ -20,9 +20,9 @@ from sresformer_jax.model import STATE_COLLECTIONS
 from conftest import FLOAT32_STABLE, GOLDEN_FILES, load_golden
 
 
-def run_official_step(g: dict, dtype, with_grad: bool = True) -> dict:
+def run_official_step(g: dict, dtype, with_grad: bool = True, conv_impl: str = "auto") -> dict:
     """Training-mode forward + CE loss on T-averaged logits (+ gradients), then an eval forward."""
-    model, variables = interop.from_official(g["config"], g["init"], dtype=dtype)
+    model, variables = interop.from_official(g["config"], g["init"], dtype=dtype, conv_impl=conv_impl)
     params = variables["params"]
     state = {c: variables[c] for c in STATE_COLLECTIONS}
     x, y = jnp.asarray(g["x"], dtype), jnp.asarray(g["y"])
@@ -82,24 +82,22 @@ def test_eval_logits_float64(result64):
     np.testing.assert_allclose(r["eval_logits"], g["eval_logits"], rtol=0, atol=1e-8)
 
 
-# (file, conv lowering). dvs_style_plif_t8 holds a membrane within float32 rounding of its threshold: with the
-# matmul lowering (CPU default) one spike flips, as it also does under XLA's convolution when the weights move
-# by one ulp, or when BatchNorm's statistics are summed in another order (the compiled CPU statistics
-# kernels); it is checked with XLA's convolution and XLA's reductions, the GPU/TPU path, and the other file
-# with both lowerings and the CPU kernels.
-FLOAT32_CASES = [(name, impl) for name in FLOAT32_STABLE for impl in ("xla", "slices")
-                 if (name, impl) != ("dvs_style_plif_t8.npz", "slices")]
+# (file, lowering). dvs_style_plif_t8 holds a membrane within float32 rounding of its threshold: with the
+# matmul lowering one spike flips, as it also does under XLA's convolution when the weights move by one ulp, or
+# when BatchNorm's statistics are summed in another order (the compiled CPU statistics kernels); it is checked
+# with XLA's convolution and reductions, the GPU/TPU path, and the other file with every lowering.
+FLOAT32_CASES = [(name, impl) for name in FLOAT32_STABLE for impl in ("xla", "slices", "events")
+                 if name != "dvs_style_plif_t8.npz" or impl == "xla"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,impl", FLOAT32_CASES)
-def test_float32_path_is_the_same_computation(name, impl, monkeypatch):
+def test_float32_path_is_the_same_computation(name, impl):
     """The float32 forward (train and eval mode) is the same computation as the official one."""
-    from sresformer_jax import event_conv, layers
-    monkeypatch.setattr(layers, "CONV_IMPL", impl)
-    if name == "dvs_style_plif_t8.npz":
-        monkeypatch.setattr(event_conv, "EVENT_CONV", "off")          # XLA's reductions too (comment above)
+    if impl == "events" and jax.default_backend() != "cpu":
+        pytest.skip("the event kernels run on the CPU")
     g = load_golden(name)
-    r = run_official_step(g, jnp.float32, with_grad=False)
+    r = run_official_step(g, jnp.float32, with_grad=False, conv_impl=impl)
     np.testing.assert_allclose(r["train_logits"], g["train_logits"], rtol=0, atol=1e-4)
     np.testing.assert_allclose(r["eval_logits"], g["eval_logits"], rtol=0, atol=1e-4)
     assert abs(r["loss"] - float(g["loss"])) <= 1e-4

@@ -1,5 +1,6 @@
-"""conv2d lowerings (layers.py): the matmul ("slices") lowering equals lax.conv_general_dilated in value
-and in both gradients, for every conv shape class of the model, and the lowering is chosen per backend."""
+"""The lowerings (ops/): the matmul ("slices") and event ("events") convolutions equal lax.conv_general_dilated in
+value and in both gradients, for every conv shape class of the model; BatchNorm's custom VJP, the mixed-precision
+matmul and the bit-pattern scans; and the lowering is a field of the model, resolved once, per backend."""
 from __future__ import annotations
 
 import functools
@@ -10,8 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sresformer_jax import event_conv, layers
-from sresformer_jax.layers import conv2d, resolve_conv_impl
+from sresformer_jax import create_model, layers
+from sresformer_jax.ops import batch_norm_train, conv2d, dot, kernels, resolve_conv_impl
+from sresformer_jax.ops.scan import buffer_slice, buffer_write, scan_bits, scan_buffer
 
 # (x shape [..., H, W, Cin], k, stride, padding, groups, Cout)
 CASES = {
@@ -121,47 +123,61 @@ def test_lowerings_differ_in_hlo():
     assert "convolution" not in _hlo("slices") and "dot_general" in _hlo("slices")
 
 
-def test_auto_follows_backend(monkeypatch):
-    monkeypatch.setattr(layers, "CONV_IMPL", None)
-    monkeypatch.delenv(layers.CONV_IMPL_ENV, raising=False)
-    want = "slices" if jax.default_backend() == "cpu" else "xla"
-    assert resolve_conv_impl() == want
-    assert ("convolution" in _hlo("auto")) == (want == "xla")
+def test_auto_follows_backend(event_kernels):
+    want = "events" if jax.default_backend() == "cpu" else "xla"
+    assert resolve_conv_impl("auto") == want
+    assert resolve_conv_impl("auto", jnp.float16) == ("slices" if want == "events" else "xla")
+    for impl in ("xla", "slices"):
+        assert resolve_conv_impl(impl) == impl
 
 
-def test_override_precedence(monkeypatch):
-    monkeypatch.setattr(layers, "CONV_IMPL", None)
-    monkeypatch.setenv(layers.CONV_IMPL_ENV, "xla")
-    assert resolve_conv_impl() == "xla"
-    assert "convolution" in _hlo("auto")
-    monkeypatch.setattr(layers, "CONV_IMPL", "slices")                 # module setting beats the env
-    assert resolve_conv_impl() == "slices"
-    assert resolve_conv_impl("xla") == "xla"                           # the argument beats both
-    monkeypatch.setattr(layers, "CONV_IMPL", None)
-    monkeypatch.setenv(layers.CONV_IMPL_ENV, "auto")
-    assert resolve_conv_impl() in ("xla", "slices")
-
-
-def test_unknown_impl_raises(monkeypatch):
+def test_unknown_impl_raises():
     with pytest.raises(ValueError, match="cudnn"):
         resolve_conv_impl("cudnn")
-    monkeypatch.setattr(layers, "CONV_IMPL", None)
-    monkeypatch.setenv(layers.CONV_IMPL_ENV, "bogus")
-    with pytest.raises(ValueError, match="bogus"):
-        resolve_conv_impl()
+    with pytest.raises(ValueError, match="cudnn"):
+        conv2d(jnp.zeros((1, 4, 4, 2)), jnp.zeros((1, 1, 2, 3)), impl="cudnn")
+    with pytest.raises(ValueError, match="conv_impl must be one of"):
+        create_model("spikingresformer_cifar", num_classes=10, img_size=32, conv_impl="fast")
+    if jax.default_backend() == "cpu":
+        with pytest.raises(ValueError, match="float32, float64 or bfloat16"):
+            create_model("spikingresformer_cifar", num_classes=10, img_size=32, conv_impl="events",
+                         dtype=jnp.float16)
 
 
-def test_convbn_same_under_both_impls(monkeypatch):
+def test_two_models_in_one_process_lower_to_different_programs(event_kernels):
+    """The lowering is a field of the model, resolved when it is built: "auto" becomes a concrete name, and two
+    models of different ``conv_impl`` compile to different programs in the same process (nothing global)."""
+    kw = dict(num_classes=10, img_size=16, T=1, blocks=(1, 1, 1), planes=(16, 32, 64), num_heads=(1, 1, 2),
+              group_size=16)
+    models = {impl: create_model("spikingresformer_cifar", conv_impl=impl, **kw) for impl in ("xla", "slices")}
+    if jax.default_backend() == "cpu":
+        models["events"] = create_model("spikingresformer_cifar", conv_impl="events", **kw)
+        assert create_model("spikingresformer_cifar", **kw).conv_impl == "events"
+    x = jnp.zeros((2, 16, 16, 3))
+    shapes = jax.eval_shape(lambda: models["xla"].init(jax.random.PRNGKey(0), x, train=False))
+    hlo = {}
+    for impl, m in models.items():
+        assert m.conv_impl == impl
+        step = lambda v, x, m=m: m.apply(v, x, train=True, mutable=["batch_stats", "firing_rates"])  # noqa: E731
+        hlo[impl] = jax.jit(step).lower(shapes, x).as_text()
+    assert "convolution" in hlo["xla"] and "sresformer_" not in hlo["xla"]
+    assert "convolution" not in hlo["slices"] and "sresformer_" not in hlo["slices"]
+    if "events" in hlo:
+        assert "sresformer_EventConvFwdU8F32" in hlo["events"] and "sresformer_BatchNormStatsF32" in hlo["events"]
+        assert "convolution" not in hlo["events"]
+
+
+def test_convbn_same_under_both_impls():
     x = _normal((2, 3, 8, 8, 16), jnp.float32)                        # [T, B, H, W, C]
     r = _normal((2, 3, 8, 8, 16), jnp.float32, seed=1)
-    m = layers.ConvBN(16, 3, padding=1, groups=4)
-    shapes = jax.eval_shape(lambda: m.init(jax.random.PRNGKey(0), x, train=False))
+    shapes = jax.eval_shape(lambda: layers.ConvBN(16, 3, padding=1, groups=4).init(jax.random.PRNGKey(0), x,
+                                                                                     train=False))
     v = jax.tree.map(lambda s: _normal(s.shape, s.dtype, seed=s.size), shapes)   # no RNG compiles
     out = {}
     for impl in ("xla", "slices"):
-        monkeypatch.setattr(layers, "CONV_IMPL", impl)                 # read at trace time
-        loss = lambda p: jnp.sum(r * m.apply({**v, "params": p}, x, train=True,  # noqa: E731
-                                             mutable=["batch_stats"])[0])
+        m = layers.ConvBN(16, 3, padding=1, groups=4, conv_impl=impl)
+        loss = lambda p, m=m: jnp.sum(r * m.apply({**v, "params": p}, x, train=True,  # noqa: E731
+                                                  mutable=["batch_stats"])[0])
         out[impl] = jax.jit(jax.value_and_grad(loss))(v["params"])
     for a, b in zip(jax.tree.leaves(out["slices"]), jax.tree.leaves(out["xla"])):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(b))))
@@ -172,6 +188,7 @@ def test_convbn_same_under_both_impls(monkeypatch):
     (64, 64, 2, 3, 1, 10, 6),     # dK scan over 3 chunks of 2 images (100 pixels each)
     (32, 16, 1, 3, 0, 14, 5),     # no padding, 5 images: 5 chunks of one
 ])
+@pytest.mark.slow
 def test_stride1_conv_custom_vjp_matches_xla_gradients(x64, cin, cout, groups, k, p, h, n):
     """The slices lowering's custom backward (dx as a forward conv with the flipped kernel, dK accumulated
     over chunks of images) equals XLA's convolution gradients in float64."""
@@ -179,21 +196,23 @@ def test_stride1_conv_custom_vjp_matches_xla_gradients(x64, cin, cout, groups, k
     x = jax.random.normal(jax.random.PRNGKey(0), (n, h, h, cin), jnp.float64)
     kernel = jax.random.normal(jax.random.PRNGKey(1), (k, k, cin // groups, cout), jnp.float64)
     dy = jax.random.normal(jax.random.PRNGKey(2), (n, ho, ho, cout), jnp.float64)
-    ref = jax.vjp(lambda x, w: layers.conv2d(x, w, 1, p, groups, impl="xla"), x, kernel)
-    got = jax.vjp(lambda x, w: layers.conv2d(x, w, 1, p, groups, impl="slices"), x, kernel)
+    ref = jax.vjp(lambda x, w: conv2d(x, w, 1, p, groups, impl="xla"), x, kernel)
+    got = jax.vjp(lambda x, w: conv2d(x, w, 1, p, groups, impl="slices"), x, kernel)
     np.testing.assert_allclose(got[0], ref[0], atol=1e-11)
     for a, b in zip(got[1](dy), ref[1](dy)):
         np.testing.assert_allclose(a, b, atol=1e-10)
 
 
-@pytest.mark.parametrize("kernels", ["auto", "off"], ids=["stats_kernels", "jnp"])
-def test_batch_norm_train_custom_vjp_matches_autodiff(kernels, x64, monkeypatch):
+@pytest.mark.parametrize("use_kernels", [True, False], ids=["stats_kernels", "jnp"])
+def test_batch_norm_train_custom_vjp_matches_autodiff(use_kernels, x64, request):
     """``batch_norm_train``'s analytic backward (only x, μ and 1/σ kept) equals autodiff of the plain formula,
     including the cotangents of the returned batch statistics: with the statistics from the compiled CPU
-    kernels (the default on CPU) and from jnp reductions."""
-    monkeypatch.setattr(event_conv, "EVENT_CONV", kernels)
-    if kernels == "auto" and jax.default_backend() == "cpu":
-        assert event_conv.stats_enabled(jnp.float64)
+    kernels ("events") and from jnp reductions."""
+    if use_kernels:
+        if jax.default_backend() != "cpu":
+            pytest.skip("compiled CPU kernels")
+        request.getfixturevalue("event_kernels")
+
     def plain(x, s, b, eps=1e-5):
         axes = tuple(range(x.ndim - 1))
         m = x.mean(axes)
@@ -203,7 +222,7 @@ def test_batch_norm_train_custom_vjp_matches_autodiff(kernels, x64, monkeypatch)
     x = jax.random.normal(jax.random.PRNGKey(0), (3, 5, 4, 6), jnp.float64) * 3 + 1
     s, b = (jax.random.normal(jax.random.PRNGKey(i), (6,), jnp.float64) for i in (1, 2))
     ref = jax.vjp(plain, x, s, b)
-    got = jax.vjp(lambda x, s, b: layers.batch_norm_train(x, s, b, 1e-5), x, s, b)
+    got = jax.vjp(lambda x, s, b: batch_norm_train(x, s, b, 1e-5, use_kernels), x, s, b)
     cts = tuple(jax.random.normal(jax.random.PRNGKey(3 + i), a.shape, jnp.float64) for i, a in enumerate(ref[0]))
     for a, c in zip(ref[0] + ref[1](cts), got[0] + got[1](cts)):
         np.testing.assert_allclose(c, a, atol=1e-12)
@@ -217,14 +236,14 @@ def test_batch_norm_stats_kernels_float32_against_float64(event_kernels):
     x64_ = rng.standard_normal((4, 257, 64, 24)) * 0.5 + 30.0
     dy64 = rng.standard_normal(x64_.shape)
     x, dy = jnp.asarray(x64_, jnp.float32), jnp.asarray(dy64, jnp.float32)
-    mean, var = jax.jit(event_conv.batch_norm_stats)(x)
+    mean, var = jax.jit(kernels.batch_norm_stats)(x)
     xr, dyr = np.asarray(x, np.float64).reshape(-1, 24), np.asarray(dy, np.float64).reshape(-1, 24)
     np.testing.assert_allclose(mean, xr.mean(0), rtol=1e-6)
     np.testing.assert_allclose(var, ((xr - xr.mean(0)) ** 2).mean(0), rtol=1e-5)
-    sdy, sdyx = jax.jit(event_conv.batch_norm_grad_stats)(x, dy, mean)
+    sdy, sdyx = jax.jit(kernels.batch_norm_grad_stats)(x, dy, mean)
     np.testing.assert_allclose(sdy, dyr.sum(0), rtol=1e-5, atol=1e-3)
     np.testing.assert_allclose(sdyx, (dyr * (xr - np.asarray(mean, np.float64))).sum(0), rtol=1e-5, atol=1e-3)
-    again = jax.jit(event_conv.batch_norm_stats)(x)
+    again = jax.jit(kernels.batch_norm_stats)(x)
     np.testing.assert_array_equal(np.asarray(again[1]), np.asarray(var))
 
 
@@ -235,7 +254,7 @@ def test_dot_low_precision_accumulates_in_float32_and_its_vjp_stays_bf16(spec, s
     returns bf16 cotangents equal to float32 products of the bf16-rounded cotangent."""
     a = _normal(sa, jnp.bfloat16, seed=3)
     b = _normal(sb, jnp.bfloat16, seed=4)
-    y, vjp = jax.vjp(functools.partial(layers.dot, spec), a, b)
+    y, vjp = jax.vjp(functools.partial(dot, spec), a, b)
     ref = jnp.einsum(spec, a.astype(jnp.float32), b.astype(jnp.float32), precision="highest")
     assert y.dtype == jnp.float32
     np.testing.assert_allclose(y, ref, rtol=1e-6, atol=1e-6)
@@ -249,7 +268,7 @@ def test_dot_low_precision_accumulates_in_float32_and_its_vjp_stays_bf16(spec, s
         np.testing.assert_allclose(got.astype(jnp.float32), want.astype(jnp.bfloat16).astype(jnp.float32),
                                    rtol=1e-2, atol=1e-2)
     f = _normal(sa, jnp.float32)
-    assert layers.dot(spec, f, _normal(sb, jnp.float32)).dtype == jnp.float32   # float32: a plain einsum
+    assert dot(spec, f, _normal(sb, jnp.float32)).dtype == jnp.float32   # float32: a plain einsum
 
 
 def test_stride1_conv_keeps_one_shifted_slice_alive():
@@ -270,7 +289,7 @@ def test_stride1_conv_keeps_one_shifted_slice_alive():
 
 
 def test_scan_bits_equals_scan_and_keeps_bf16_inputs_out_of_float32():
-    """``layers.scan_bits`` slices bf16 inputs as uint16 bit patterns: the same values as ``lax.scan``, and the
+    """``scan_bits`` slices bf16 inputs as uint16 bit patterns: the same values as ``lax.scan``, and the
     compiled loop carries no float32 copy of the scanned array (XLA:CPU's conversion of a sliced bf16 array,
     docs/performance.md)."""
     xs = (_normal((6, 32, 64), jnp.float32).astype(jnp.bfloat16), _normal((6, 64), jnp.float32))
@@ -278,10 +297,10 @@ def test_scan_bits_equals_scan_and_keeps_bf16_inputs_out_of_float32():
 
     def step(c, x):
         a, b = x
-        return c + layers.dot("pc,co->po", a, w), jnp.sum(b) * a[0, 0]
+        return c + dot("pc,co->po", a, w), jnp.sum(b) * a[0, 0]
 
     want = jax.lax.scan(step, jnp.zeros((32, 16)), xs)
-    run = jax.jit(lambda xs: layers.scan_bits(step, jnp.zeros((32, 16)), xs))
+    run = jax.jit(lambda xs: scan_bits(step, jnp.zeros((32, 16)), xs))
     chex.assert_trees_all_equal(run(xs), want)
     loops = [line for line in run.lower(xs).compile().as_text().splitlines() if " while(" in line]
     assert loops and all("f32[6,32,64]" not in line.split(" while(")[0] for line in loops), loops
@@ -289,7 +308,7 @@ def test_scan_bits_equals_scan_and_keeps_bf16_inputs_out_of_float32():
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_scan_buffer_equals_a_scan_with_outputs(dtype):
-    """``layers.scan_buffer`` (a scan that carries its [T, ...] result and writes one slice per step, reading
+    """``scan_buffer`` (a scan that carries its [T, ...] result and writes one slice per step, reading
     the previous one): the same values as the plain scan with a carry and per-step outputs, and in bf16 a
     loop that carries the 16-bit buffer, not a float32 copy."""
     xs = _normal((5, 8, 96), jnp.float32).astype(dtype)
@@ -300,10 +319,10 @@ def test_scan_buffer_equals_a_scan_with_outputs(dtype):
 
     def step(buf, inp):
         x, t = inp
-        prev = layers.buffer_slice(buf, jnp.maximum(t - 1, 0), dtype)
-        return layers.buffer_write(buf, t, 0.5 * prev + x), None
+        prev = buffer_slice(buf, jnp.maximum(t - 1, 0), dtype)
+        return buffer_write(buf, t, 0.5 * prev + x), None
 
-    run = jax.jit(lambda xs: layers.scan_buffer(step, xs, (xs,)))
+    run = jax.jit(lambda xs: scan_buffer(step, xs, (xs,)))
     chex.assert_trees_all_equal(run(xs), jax.lax.scan(plain, jnp.zeros_like(xs[0]), xs)[1])
     loops = [line for line in run.lower(xs).compile().as_text().splitlines() if " while(" in line]
     assert loops and all("f32[5,8,96]" not in line.split(" while(")[0] for line in loops

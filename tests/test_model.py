@@ -106,6 +106,7 @@ def test_output_shape_and_uncalibrated_eval_is_refused(tiny, calibrated):
     assert jnp.all(jnp.isfinite(logits))
 
 
+@pytest.mark.slow
 def test_jit_vmap_grad(tiny, calibrated):
     model, _, x = tiny
     variables = calibrated
@@ -127,6 +128,7 @@ def test_jit_vmap_grad(tiny, calibrated):
     assert float(jnp.abs(g["stem"]["kernel"]).sum()) > 0
 
 
+@pytest.mark.slow
 def test_other_resolution_without_rebuilding(tiny, calibrated):
     model, _, _ = tiny
     big = jnp.zeros((1, 128, 128, 3))  # N' grows from 4 to 16 in every stage
@@ -173,6 +175,7 @@ def test_config_for_and_registry():
         config_for("spikingresformer_xl")
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_with_float32_params():
     cfg = dict(TINY, planes=[8, 16, 32], num_heads=[1, 2, 4], group_size=8, img_size=32)
     model = SpikingResformer.from_config(cfg, dtype=jnp.bfloat16)
@@ -189,8 +192,9 @@ def test_bfloat16_compute_with_float32_params():
     assert all(v.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(v))) for v in jax.tree.leaves(g))
 
 
+@pytest.mark.slow
 def test_bfloat16_training_step_of_the_real_cifar_model_runs():
-    """All of ``spikingresformer_cifar``'s bf16 × bf16 → f32 products (layers.dot) are ones the backend runs:
+    """All of ``spikingresformer_cifar``'s bf16 × bf16 → f32 products (ops.dot) are ones the backend runs:
     XLA:CPU rejects some dot layouts for that type pair at run time ("Unsupported element type for
     DotThunk"), so the real widths and head counts are exercised, forward and backward."""
     model = create_model("spikingresformer_cifar", dtype=jnp.bfloat16, num_classes=10, img_size=32)
@@ -205,6 +209,7 @@ def test_bfloat16_training_step_of_the_real_cifar_model_runs():
     assert bool(jnp.isfinite(value)) and all(bool(jnp.all(jnp.isfinite(v))) for v in jax.tree.leaves(g))
 
 
+@pytest.mark.slow
 def test_remat_blocks_give_the_same_loss_gradients_and_statistics():
     """``remat=True`` (jax.checkpoint per DSSA/GWFFN block) recomputes activations; results are unchanged."""
     import optax

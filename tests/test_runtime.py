@@ -1,5 +1,6 @@
-"""runtime: glibc's huge pages for XLA:CPU's per-execution buffers, and the one-time restart that turns them on.
-Fault counts come from fresh interpreters, because glibc reads its tunables only at process start."""
+"""runtime: the host allocator of XLA:CPU's per-execution buffers, as a launcher sets it (glibc's huge pages or a
+preloaded malloc), and the warning a CPU run gives without one. Fault counts come from fresh interpreters,
+because glibc reads its settings only at process start."""
 from __future__ import annotations
 
 import json
@@ -41,11 +42,10 @@ def _python(code: str, env: dict[str, str], *args: str) -> subprocess.CompletedP
 
 
 def _base_env() -> dict[str, str]:
-    env = runtime.with_huge_pages({**os.environ, "JAX_PLATFORMS": "cpu"}, on=False)
-    env.pop(runtime.ENV, None)
-    return env
+    return runtime.allocator_env("system", {**os.environ, "JAX_PLATFORMS": "cpu"})
 
 
+@pytest.mark.slow
 @needs_thp
 def test_huge_pages_cut_per_call_page_faults_without_growing_memory():
     system = json.loads(_python(FAULTS, _base_env()).stdout.splitlines()[-1])
@@ -55,33 +55,12 @@ def test_huge_pages_cut_per_call_page_faults_without_growing_memory():
     assert huge["peak_rss_mib"] < system["peak_rss_mib"] + 300, (system, huge)   # freed memory goes back
 
 
-RESTART = """
-    import os, sys
-    print("start", os.environ.get("GLIBC_TUNABLES", ""), sys.argv[1:], flush=True)
-    from sresformer_jax import runtime
-    runtime.reexec_with_huge_pages("huge")
-    print("running", runtime.huge_pages_active(), flush=True)
-"""
-
-
-@needs_thp
-def test_restart_happens_once_and_keeps_arguments_and_other_tunables():
-    env = {**_base_env(), "GLIBC_TUNABLES": "glibc.malloc.arena_max=4"}
-    out = _python(RESTART, env, "--flag", "x y").stdout.splitlines()
-    assert out == ["start glibc.malloc.arena_max=4 ['--flag', 'x y']",
-                   "start glibc.malloc.arena_max=4:glibc.malloc.hugetlb=1 ['--flag', 'x y']",
-                   "running True"]
-
-
-def test_a_users_own_hugetlb_choice_is_kept():
-    env = {**_base_env(), "GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}
-    assert _python(RESTART, env).stdout.splitlines()[1:] == ["running False"]      # no restart
-
-
-def test_system_mode_never_restarts():
-    env = {**_base_env(), runtime.ENV: "system"}
-    code = RESTART.replace('reexec_with_huge_pages("huge")', "reexec_with_huge_pages()")
-    assert len(_python(code, env).stdout.splitlines()) == 2
+@pytest.mark.slow
+@pytest.mark.skipif(runtime.find_library(runtime.PRELOADS["jemalloc"]) is None, reason="libjemalloc2 not installed")
+def test_preloaded_jemalloc_also_cuts_the_faults():
+    system = json.loads(_python(FAULTS, _base_env()).stdout.splitlines()[-1])
+    jemalloc = json.loads(_python(FAULTS, runtime.allocator_env("jemalloc", _base_env())).stdout.splitlines()[-1])
+    assert jemalloc["faults"] < system["faults"] // 10, (system, jemalloc)
 
 
 def test_tunables_are_edited_not_replaced():
@@ -92,19 +71,43 @@ def test_tunables_are_edited_not_replaced():
     assert runtime.with_huge_pages({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}, on=False) == {}
 
 
-def test_auto_leaves_accelerator_hosts_alone(monkeypatch):
-    monkeypatch.setattr(runtime, "accelerator_present", lambda: True)
-    assert runtime.wants_huge_pages("auto") is False
+def test_allocator_envs_name_one_allocator_each():
+    env = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1:glibc.malloc.tcache_count=0", "LD_PRELOAD": "/x/libfoo.so",
+           **runtime.RETAIN_ENV, "A": "1"}
+    system = runtime.allocator_env("system", env)
+    assert system == {"GLIBC_TUNABLES": "glibc.malloc.tcache_count=0", "LD_PRELOAD": "/x/libfoo.so", "A": "1"}
+    assert runtime.describe(system) == "system"
+    assert runtime.describe(runtime.allocator_env("huge", env)) == "huge"
+    assert runtime.describe(runtime.allocator_env("retain", env)) == "retain"
+    with pytest.raises(ValueError, match="unknown allocator"):
+        runtime.allocator_env("fast", env)
+    if runtime.find_library(runtime.PRELOADS["jemalloc"]):
+        jem = runtime.allocator_env("jemalloc", env)
+        assert runtime.describe(jem) == "jemalloc" and jem["LD_PRELOAD"].endswith("libjemalloc.so.2 /x/libfoo.so")
+        assert runtime.describe(runtime.allocator_env("huge", jem)) == "huge"       # the preload is dropped
+
+
+def test_cpu_runs_without_an_allocator_setting_are_told_the_fix():
+    advice = runtime.allocator_advice("cpu", runtime.allocator_env("system"))
+    assert advice and "LD_PRELOAD=" in advice and runtime.MEASURED_COST in advice
+    if runtime.huge_pages_unavailable() is None:
+        assert "GLIBC_TUNABLES=glibc.malloc.hugetlb=1" in advice
+    assert runtime.allocator_advice("cpu", runtime.allocator_env("huge")) is None
+    assert runtime.allocator_advice("gpu", runtime.allocator_env("system")) is None
+
+
+@pytest.mark.slow
+def test_train_py_warns_once_without_an_allocator_setting(tmp_path):
+    """The warning comes from the real entry point, once, before training (here on a config error after it)."""
+    p = subprocess.run([sys.executable, "train.py", f"--workdir={tmp_path}", "--config.log_every_steps=0"],
+                       capture_output=True, text=True, env=_base_env(), timeout=300, cwd=ROOT)
+    assert p.returncode == 1 and p.stderr.count("per-step buffers") == 1, p.stderr
+    p = subprocess.run([sys.executable, "train.py", f"--workdir={tmp_path}", "--config.log_every_steps=0"],
+                       capture_output=True, text=True, env=runtime.allocator_env("huge", _base_env()), timeout=300,
+                       cwd=ROOT)
+    assert p.returncode == 1 and "per-step buffers" not in p.stderr, p.stderr
 
 
 def test_accelerator_detection_honours_jax_platforms(monkeypatch):
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
     assert runtime.accelerator_present() is False
-
-
-def test_unknown_mode_is_a_clear_error(monkeypatch):
-    with pytest.raises(ValueError, match="'auto'.*'huge'.*'system'"):
-        runtime.wants_huge_pages("keep")
-    monkeypatch.setenv(runtime.ENV, "sometimes")
-    with pytest.raises(ValueError, match=runtime.ENV):
-        runtime.reexec_with_huge_pages()

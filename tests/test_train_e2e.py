@@ -13,6 +13,8 @@ import jax
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow         # every test here runs train.py/eval.py as a subprocess
+
 ROOT = Path(__file__).resolve().parent.parent
 # XLA's backend optimisation level 0 halves compile time; every comparison below is between runs that
 # use the same flags, so it changes no assertion.
@@ -123,14 +125,13 @@ def test_config_overrides_and_unknown_keys(tmp_path):
 def test_init_from_transfers_everything_but_the_classifier(straight):
     """config.init_from = the official transfer(): all tensors but classifier.*, BN stats and firing rates too."""
     import optax
-    from sresformer_jax.model import SpikingResformer
     from sresformer_jax.training.state import create_train_state
     from sresformer_jax.training.trainer import _transfer
-    sys.path.insert(0, str(ROOT / "configs"))
-    import quickstart
+    from sresformer_jax.configs import quickstart
+    from sresformer_jax.training.trainer import build_model
     wd, _ = straight
     cfg = quickstart.get_config()
-    model = SpikingResformer.from_config(cfg.model.to_dict())
+    model = build_model(cfg.model.to_dict())
     fresh = jax.jit(lambda r: create_train_state(model, optax.sgd(0.1), r, (8, 8, 1)))(jax.random.PRNGKey(7))
     moved = _transfer(fresh, wd)
     src, _ = final_params(wd)

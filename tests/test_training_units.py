@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import math
-import os
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -12,14 +10,13 @@ import numpy as np
 import optax
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "configs"))
-
-from sresformer_jax.data.mixup import mixup_cutmix  # noqa: E402
-from sresformer_jax.data.pipeline import InMemoryData  # noqa: E402
-from sresformer_jax.training.config import validate_config  # noqa: E402
-from sresformer_jax.training.losses import classification_loss, smooth_targets, topk_correct  # noqa: E402
-from sresformer_jax.training.optim import cosine_schedule, decay_mask, make_optimizer  # noqa: E402
+from sresformer_jax import configs
+from sresformer_jax.configs import imagenet
+from sresformer_jax.data import InMemoryData
+from sresformer_jax.data.mixup import mixup_cutmix
+from sresformer_jax.training.config import validate_config
+from sresformer_jax.training.losses import classification_loss, smooth_targets, topk_correct
+from sresformer_jax.training.optim import cosine_schedule, decay_mask, make_optimizer
 
 
 def test_schedule_matches_timm_per_epoch_values():
@@ -128,7 +125,7 @@ def test_data_order_is_a_function_of_step_and_shards_by_process():
 
 
 def _quickstart():
-    import quickstart
+    from sresformer_jax.configs import quickstart
     return quickstart.get_config()
 
 
@@ -167,7 +164,7 @@ def test_bad_config_types_and_missing_fields():
 def test_every_shipped_config_is_valid():
     import glob
     import importlib.util
-    for path in sorted(glob.glob(os.path.join(ROOT, "configs", "*.py"))):
+    for path in sorted(glob.glob(str(configs.DIR / "*.py"))):
         spec = importlib.util.spec_from_file_location("cfg", path)
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
@@ -181,7 +178,6 @@ def test_every_shipped_config_is_valid():
             with c.unlocked():
                 c.init_from = "/some/checkpoint"
         validate_config(c)
-    import imagenet
     assert [imagenet.get_config(a).batch_size for a in ("ti", "s", "m", "l")] == [256, 256, 224, 128]
     with pytest.raises(ValueError, match="takes one of"):
         imagenet.get_config("xl")

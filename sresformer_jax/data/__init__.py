@@ -1,4 +1,10 @@
-"""Datasets: host-local numpy batches ``{"image", "label"}`` addressed by global step (resumable)."""
-from .pipeline import InMemoryData, get_dataset
+"""Datasets: host-local numpy batches ``{"image", "label"}`` addressed by global step (resumable).
 
-__all__ = ["InMemoryData", "get_dataset"]
+``base`` is the interface (``StepIndexedData``), ``registry`` maps ``config.dataset.name`` to its loader; the
+loaders are ``digits``, ``images`` (TFDS or class folders, timm transforms, RandAugment) and ``dvs`` (event
+files, SpikingJelly frames).
+"""
+from .base import DatasetNotFoundError, InMemoryData, StepIndexedData
+from .registry import get_dataset, register
+
+__all__ = ["DatasetNotFoundError", "InMemoryData", "StepIndexedData", "get_dataset", "register"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .pipeline import InMemoryData
+from .base import InMemoryData
 
 
 def _resize_bilinear(x: np.ndarray, size: int) -> np.ndarray:
@@ -26,7 +26,8 @@ def _resize_bilinear(x: np.ndarray, size: int) -> np.ndarray:
     return rows[:, :, x0] * (1 - wx)[None, None, :] + rows[:, :, x1] * wx[None, None, :]
 
 
-def load_digits(dataset_config, **kw) -> InMemoryData:
+def load_digits(dataset_config, workers: int = 0, **kw) -> InMemoryData:
+    del workers                                                     # in memory: nothing to read ahead
     try:
         from sklearn.datasets import load_digits as sk_digits
     except ImportError as e:  # pragma: no cover - scikit-learn is in requirements.txt

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from .events import frames_by_number, model_input
-from .pipeline import DatasetNotFoundError, StepIndexedData
+from .base import DatasetNotFoundError, StepIndexedData
 
 CIFAR10_DVS_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 SPLIT_DIR = Path(__file__).parent / "splits"
@@ -41,7 +41,11 @@ SENSOR = (128, 128)
 # ----------------------------------------------------------------------------------------------- readers
 def read_cifar10_dvs(path: str | Path) -> dict[str, np.ndarray]:
     """A CIFAR10-DVS ``.aedat`` (AEDAT 2.0, big-endian address/timestamp pairs) → events, via tonic."""
-    from tonic.io import get_aer_events_from_file, read_aedat_header_from_file
+    try:
+        from tonic.io import get_aer_events_from_file, read_aedat_header_from_file
+    except ImportError as err:
+        raise ImportError("reading CIFAR10-DVS needs tonic: pip install 'sresformer_jax[events]' "
+                          "(or pip install -r requirements.txt)") from err
 
     version, start, _ = read_aedat_header_from_file(str(path))
     ev = get_aer_events_from_file(str(path), version, start)

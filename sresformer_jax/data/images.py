@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .pipeline import DatasetNotFoundError, StepIndexedData
+from .base import DatasetNotFoundError, StepIndexedData
 from .randaugment import parse_randaugment
 from .transforms import eval_image, train_image
 
@@ -69,8 +69,11 @@ class TfdsSource:
     """``tfds.data_source(name, split)`` records → {"image": uint8 [H, W, C], "label": int}."""
 
     def __init__(self, name: str, split: str, data_dir: str):
-        import tensorflow_datasets as tfds
-
+        try:
+            import tensorflow_datasets as tfds
+        except ImportError as err:
+            raise ImportError("reading a TFDS dataset needs tensorflow-datasets: pip install "
+                              "'sresformer_jax[tfds]' (or pip install -r requirements.txt)") from err
         self.source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
 
     def __len__(self) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import jax
 
 from ..model import CONFIG_KEYS, SpikingResformer
+from ..ops import CONV_IMPLS
 
 # field → accepted types (int where a float is expected is fine)
 SCHEMA = {
@@ -50,11 +51,15 @@ def validate_config(config) -> None:
         problems.append("config.model is missing (the model config: " + ", ".join(CONFIG_KEYS) + ")")
     if problems:
         raise ValueError("bad config:\n  " + "\n  ".join(problems))
-    unknown = sorted(set(config.model.keys()) - set(CONFIG_KEYS))
+    unknown = sorted(set(config.model.keys()) - set(CONFIG_KEYS) - {"conv_impl"})
     if unknown:
-        raise ValueError(f"config.model has unknown keys {unknown}; allowed: {list(CONFIG_KEYS)}")
+        raise ValueError(f"config.model has unknown keys {unknown}; allowed: {list(CONFIG_KEYS) + ['conv_impl']}")
     try:
-        SpikingResformer.from_config(config.model.to_dict())
+        model_config = config.model.to_dict()
+        conv_impl = model_config.pop("conv_impl", "auto")
+        if conv_impl not in CONV_IMPLS:
+            raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {conv_impl!r}")
+        SpikingResformer.from_config(model_config, conv_impl="xla")          # the architecture's checks
     except (TypeError, ValueError) as e:
         raise ValueError(f"config.model: {e}") from e
     if "img_size" in config.dataset and config.dataset.img_size != config.model.img_size:

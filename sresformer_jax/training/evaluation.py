@@ -74,3 +74,41 @@ def write_report(report: dict, workdir: str | Path, title: str = "") -> tuple[Pa
     path.write_text(json.dumps(report, indent=1, default=float))
     png = plot_firing_rates(report["firing_rates"], workdir / "firing_rates.png", title)
     return path, png
+
+
+def evaluate_checkpoint(workdir: str | Path, checkpoint_path: str | Path | None = None, config=None,
+                        which: str = "best", conv_impl: str | None = None) -> dict:
+    """Evaluates a training run's ``best`` (or ``latest``) checkpoint, or the model checkpoint at
+    ``checkpoint_path``, on the held-out set of its training config (or ``config``); writes
+    ``workdir/eval.json`` and ``workdir/firing_rates.png`` and returns the report (``evaluate_with_energy``'s
+    keys plus ``checkpoint``, ``conv_impl``, ``report_path`` and ``plot_path``). ``conv_impl``: the lowering
+    (default the config's, else "auto"). Raises FileNotFoundError / ValueError with what to do."""
+    import ml_collections
+
+    from .. import checkpoint
+    from ..data import get_dataset
+    from .steps import make_mesh
+    from .trainer import build_model, check_data_fits
+
+    workdir = Path(workdir).absolute()
+    step_dir = None if checkpoint_path else checkpoint.find_train_checkpoint(workdir, which)
+    if not checkpoint_path and step_dir is None:
+        raise FileNotFoundError(f"no checkpoint in {workdir} (expected {workdir}/best/<step> or {workdir}/checkpoints/"
+                                f"<step>); train first (python train.py --workdir={workdir}) or pass "
+                                "--checkpoint=PATH with --config=...")
+    model_cfg, variables = checkpoint.load_variables(step_dir or checkpoint_path)
+    if config is None:
+        stored = checkpoint.load_train_meta(step_dir).get("config") if step_dir else None
+        if stored is None:
+            raise ValueError("this checkpoint stores no training config; pass --config=configs/<dataset>.py")
+        config = ml_collections.ConfigDict(stored)
+    if conv_impl is None:
+        conv_impl = config.model.get("conv_impl", "auto") if "model" in config else "auto"
+    model = build_model(model_cfg, config.get("precision", "float32"), conv_impl=conv_impl)
+    data = get_dataset(config)
+    check_data_fits(data, config)
+    report = evaluate_with_energy(model, variables, data, make_mesh())
+    report["checkpoint"] = str(step_dir or checkpoint_path)
+    report["conv_impl"] = model.conv_impl
+    path, png = write_report(report, workdir, title=f"{config.get('model_name', '')} firing rates")
+    return {**report, "report_path": str(path), "plot_path": str(png)}

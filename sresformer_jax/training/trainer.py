@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import checkpoint
+from .. import checkpoint, trees
 from ..data import get_dataset
 from ..model import SpikingResformer
 from .evaluation import evaluate
@@ -71,13 +71,29 @@ class NonFiniteLossError(FloatingPointError):
     """Training produced a NaN/Inf; the last good checkpoint is kept untouched."""
 
 
-def build_model(model_config: dict, precision: str = "float32", remat: bool = False) -> SpikingResformer:
-    """The model of ``model_config`` computing in ``precision`` (parameters stay float32); ``remat``
-    recomputes each block's activations in the backward pass (less memory, more compute)."""
+def build_model(model_config: dict, precision: str = "float32", remat: bool = False,
+                conv_impl: str | None = None) -> SpikingResformer:
+    """The model of ``model_config`` (architecture keys, and optionally ``conv_impl``) computing in
+    ``precision`` (parameters stay float32); ``remat`` recomputes each block's activations in the backward pass
+    (less memory, more compute); ``conv_impl`` (default: the config's, else "auto") is its lowering, resolved
+    here, before anything is traced."""
     if precision not in DTYPES:
         raise ValueError(f"config.precision must be one of {sorted(DTYPES)}, got {precision!r}")
     dtype = DTYPES[precision]
-    return SpikingResformer.from_config(model_config, dtype=None if dtype == jnp.float32 else dtype, remat=remat)
+    arch = {k: v for k, v in dict(model_config).items() if k != "conv_impl"}
+    conv_impl = conv_impl or dict(model_config).get("conv_impl", "auto")
+    return SpikingResformer.from_config(arch, dtype=None if dtype == jnp.float32 else dtype, remat=remat,
+                                        conv_impl=conv_impl)
+
+
+def describe_lowering(model: SpikingResformer) -> str:
+    """``model.conv_impl``, and for "events" where the compiled kernels came from."""
+    if model.conv_impl != "events":
+        return model.conv_impl
+    from ..ops import kernels
+    lib = kernels.load()
+    how = f"built in {lib.build_seconds:.1f} s" if lib.build_seconds is not None else "cached"
+    return f"events (CPU kernels {how}: {lib.path})"
 
 
 def check_data_fits(data, config) -> None:
@@ -101,20 +117,15 @@ def _transfer(state: TrainState, source: str | Path) -> TrainState:
     for coll in ("params", "batch_stats", "firing_rates"):
         mine = getattr(state, coll)
         theirs = {k: v for k, v in variables.get(coll, {}).items() if k != "classifier"}
-        flat_mine = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_flatten_with_path(mine)[0]}
-        flat_theirs = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_flatten_with_path(theirs)[0]}
-        bad = sorted(f"{coll}{k}" for k in flat_theirs
+        flat_mine, flat_theirs = trees.flatten(mine), trees.flatten(theirs)
+        bad = sorted(f"{coll}/{'/'.join(k)}" for k in flat_theirs
                      if k in flat_mine and tuple(flat_mine[k].shape) != tuple(np.shape(flat_theirs[k])))
-        missing = sorted(f"{coll}{k}" for k in flat_mine if k not in flat_theirs and "classifier" not in k)
+        missing = sorted(f"{coll}/{'/'.join(k)}" for k in flat_mine if k not in flat_theirs and "classifier" not in k)
         if bad or missing:
             raise ValueError(f"init_from {source}: the checkpoint does not fit this model "
                              f"(mis-shaped: {bad}; missing: {missing})")
-
-        def pick(path, v):
-            k = jax.tree_util.keystr(path)
-            return jnp.asarray(flat_theirs[k], v.dtype) if k in flat_theirs else v
-
-        new[coll] = jax.tree_util.tree_map_with_path(pick, mine)
+        new[coll] = trees.unflatten({k: jnp.asarray(flat_theirs[k], v.dtype) if k in flat_theirs else v
+                                     for k, v in flat_mine.items()})
     return state.replace(**new)
 
 
@@ -159,13 +170,14 @@ def _train_and_evaluate(config, workdir: Path) -> dict:
     model_cfg = model.config()
     log.message(f"{'resuming at step ' + str(start) if resumed else 'training'} {config.model_name} "
                 f"({sum(x.size for x in jax.tree.leaves(state.params)):,} params) on {jax.device_count()} "
-                f"{jax.devices()[0].platform} device(s), {jax.process_count()} process(es); "
-                f"{steps_per_epoch} steps/epoch, {total_steps} steps; workdir {workdir}")
+                f"{jax.devices()[0].platform} device(s), {jax.process_count()} process(es); conv_impl "
+                f"{describe_lowering(model)}; {steps_per_epoch} steps/epoch, {total_steps} steps; workdir {workdir}")
 
     def meta(step, **extra):
         return {"step": step, "epoch": step / steps_per_epoch, "data_position": {
             "epoch": step // steps_per_epoch, "index_in_epoch": step % steps_per_epoch},
-            "best_top1": best_top1, "model_config": model_cfg, "config": json.loads(config.to_json()), **extra}
+            "best_top1": best_top1, "model_config": model_cfg, "conv_impl": model.conv_impl,
+            "config": json.loads(config.to_json()), **extra}
 
     pending, pulled, t_log, last = [], [], time.time(), {}
     test = {}

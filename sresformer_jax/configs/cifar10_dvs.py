@@ -3,13 +3,9 @@
     python train.py --config=configs/cifar10_dvs.py --workdir=runs/cifar10_dvs --config.dataset.data_dir=DIR
 
 300 epochs, batch 8, lr 5e-4, wd 0.05, T = 16, 64×64 frames, DVSAugment, plain CE.
-Expected top-1: not recovered from the paper (SPEC §7.3).
+Expected top-1: not given in the paper for this recipe.
 """
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dvs import dvs_config  # noqa: E402
+from sresformer_jax.configs.dvs import dvs_config
 
 
 def get_config(arg=None):

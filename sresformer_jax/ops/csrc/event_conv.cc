@@ -11,7 +11,7 @@
 // number of events, not to the number of entries; the result equals the dense convolution up to the
 // order of the float additions (any input, not only 0/1: a zero is skipped, everything else is used).
 // The input gradient dx = conv(dy, K̃) is dense: DenseConvFwd below for the stride-1 k×k convolutions, XLA's
-// matmuls for the others (layers.py).
+// matmuls for the others (ops/conv.py).
 //
 // Layouts: x [N, H, W, C] (NHWC), K [kh, kw, C/g, O] (HWIO, PyTorch's grouping), y/dy [N, Ho, Wo, O].
 // Types: x and K float32, float64 or bfloat16; y, dy and dK float32 (float64 for float64 inputs).
@@ -31,6 +31,7 @@
 #endif
 
 #include "parallel.h"
+#include "registry.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -66,7 +67,7 @@ template <> struct Elem<ffi::BF16> {
   }
   static bool nonzero(uint16_t b) { return (b & 0x7fff) != 0; }
 };
-// Spikes as bytes (``layers.conv2d(..., binary=True)``): the value is the byte (0 or 1 for spikes). Only ever
+// Spikes as bytes (``ops.conv2d(..., binary=True)``): the value is the byte (0 or 1 for spikes). Only ever
 // the input x; the kernel's type sets the accumulation type.
 template <> struct Elem<ffi::U8> {
   using In = uint8_t;
@@ -772,15 +773,15 @@ ffi::Error DenseConvFwd(ffi::ThreadPool pool, ffi::Buffer<D> x, ffi::Buffer<D> k
 // Handlers, named by the input type (F32, F64, BF16) or, for byte spikes x, U8 and the type of the second
 // operand (the kernel K for the forward, dy for the kernel gradient).  Results are in the accumulation type
 // ACC (float32; float64 for float64).  The dense forward takes float inputs only.
-#define HANDLER(NAME, IMPL, X, ARG2, ACC)                     \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(NAME, IMPL,                   \
-                                ffi::Ffi::Bind()              \
-                                    .Ctx<ffi::ThreadPool>()   \
-                                    .Arg<ffi::Buffer<X>>()    \
-                                    .Arg<ffi::Buffer<ARG2>>() \
-                                    .Ret<ffi::Buffer<ACC>>()  \
-                                    .Attr<int64_t>("stride")  \
-                                    .Attr<int64_t>("padding"));
+#define HANDLER(NAME, IMPL, X, ARG2, ACC)                 \
+  SRESFORMER_HANDLER(NAME, IMPL,                          \
+                     ffi::Ffi::Bind()                     \
+                         .Ctx<ffi::ThreadPool>()          \
+                         .Arg<ffi::Buffer<X>>()           \
+                         .Arg<ffi::Buffer<ARG2>>()        \
+                         .Ret<ffi::Buffer<ACC>>()         \
+                         .Attr<int64_t>("stride")         \
+                         .Attr<int64_t>("padding"));
 // (function pointers first: a template-id's comma would split the macro's arguments)
 #define FORWARD(SUFFIX, X, D, ACC)                                         \
   namespace {                                                              \
@@ -807,3 +808,10 @@ KERNEL_GRAD(U8F64, ffi::U8, ffi::F64)
 HANDLER(DenseConvFwdF32, DenseConvFwd<ffi::F32>, ffi::F32, ffi::F32, ffi::F32)
 HANDLER(DenseConvFwdF64, DenseConvFwd<ffi::F64>, ffi::F64, ffi::F64, ffi::F64)
 HANDLER(DenseConvFwdBF16, DenseConvFwd<ffi::BF16>, ffi::BF16, ffi::BF16, ffi::F32)
+
+// The handler list (registry.h), for ops/kernels.py.
+extern "C" int64_t sresformer_num_targets() { return static_cast<int64_t>(sresformer::targets().size()); }
+extern "C" const char* sresformer_target_name(int64_t i) { return sresformer::targets()[i].name; }
+extern "C" void* sresformer_target_handler(int64_t i) {
+  return reinterpret_cast<void*>(sresformer::targets()[i].handler);
+}

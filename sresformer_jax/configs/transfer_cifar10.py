@@ -8,11 +8,7 @@ fine-tunes the whole network: 100 epochs, batch 128, lr 1e-4, wd 0.01, T = 4, 12
 RandAugment rand-m9-n1-mstd0.4-inc1, flip, mixup 0.5, label smoothing 0.1.
 Expected top-1 (paper): 97.40 %.
 """
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cifar import cifar_config  # noqa: E402
+from sresformer_jax.configs.cifar import cifar_config
 
 
 def get_config(arg=None):

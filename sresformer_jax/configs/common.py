@@ -1,17 +1,19 @@
-"""Fields every training config has (the schema checked by sresformer_jax.training.config).
+"""Fields every training config has (the schema checked by ``sresformer_jax.training.config``).
 
-Not a config to run: configs/*.py start from ``base_config()`` and set the numbers of their recipe.
+Not a config to run: the recipes beside it start from ``base_config()`` and set the numbers of their recipe.
 """
 import ml_collections
 
 from sresformer_jax.model import config_for
 
 
-def model_config(variant: str, **overrides) -> ml_collections.ConfigDict:
-    """An official variant's constructor arguments (sresformer_jax.model.VARIANTS) with overrides; sequences
+def model_config(variant: str, conv_impl: str = "auto", **overrides) -> ml_collections.ConfigDict:
+    """An official variant's constructor arguments (sresformer_jax.model.VARIANTS) with overrides, and the
+    lowering ``conv_impl`` ("auto", "xla", "slices" or "events"; resolved when the model is built). Sequences
     are tuples so that they can be overridden on the command line (--config.model.num_heads='(1,3,6)')."""
     cfg = config_for(variant, **overrides)
-    return ml_collections.ConfigDict({k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
+    return ml_collections.ConfigDict({**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()},
+                                      "conv_impl": conv_impl})
 
 
 def base_config() -> ml_collections.ConfigDict:

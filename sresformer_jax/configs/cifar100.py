@@ -4,13 +4,9 @@
 
 600 epochs, batch 128, lr 5e-4, wd 0.01, T = 4, 32×32, flip, RandAugment rand-m7-n1-mstd0.5-inc1, mixup 0.5,
 label smoothing 0.1.
-Expected top-1: not recovered from the paper (SPEC §7.3); a third-party reproduction reports 78.29 %.
+Expected top-1: not recovered from the paper (see docs/model.md); a third-party reproduction reports 78.29 %.
 """
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cifar import cifar_config  # noqa: E402
+from sresformer_jax.configs.cifar import cifar_config
 
 
 def get_config(arg=None):

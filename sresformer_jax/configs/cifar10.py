@@ -4,14 +4,10 @@
 
 600 epochs, batch 128, lr 5e-4, wd 0.01, T = 4, 32×32 (whole image, no crop), flip, RandAugment
 rand-m7-n1-mstd0.5-inc1, mixup 0.5, label smoothing 0.1.
-Expected top-1: the paper's direct-training CIFAR numbers were not recovered (SPEC §7.3); a third-party
+Expected top-1: the paper's direct-training CIFAR numbers were not recovered; a third-party
 reproduction with a different neuron reports 95.39 %.
 """
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cifar import cifar_config  # noqa: E402
+from sresformer_jax.configs.cifar import cifar_config
 
 
 def get_config(arg=None):

@@ -4,13 +4,9 @@
         --config.init_from=runs/imagenet_s
 
 100 epochs, batch 48, lr 1e-4, wd 0.05, T = 10, 128×128 frames, DVSAugment, plain CE; everything but the classifier loaded.
-Expected top-1: 93.4 % (benchmark aggregator, SPEC §7.2).
+Expected top-1: 93.4 % (benchmark aggregator).
 """
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dvs import dvs_config  # noqa: E402
+from sresformer_jax.configs.dvs import dvs_config
 
 
 def get_config(arg=None):

@@ -1,4 +1,4 @@
-"""Deterministic, resumable, per-host sharded batching.
+"""The dataset interface: deterministic, resumable, per-host sharded batching (``StepIndexedData``).
 
 A batch is a function of (seed, global step): epoch e = step // steps_per_epoch uses the permutation
 ``default_rng([seed, e])`` of the training set (drop-last, like the official loaders), so the data
@@ -158,30 +158,3 @@ def default_workers(config) -> int:
     if w is None or w < 0:
         return os.cpu_count() or 1
     return int(w)
-
-
-def get_dataset(config, process_index: int = 0, process_count: int = 1) -> StepIndexedData:
-    """Builds the dataset named by ``config.dataset.name``; a missing or incomplete dataset raises
-    ``DatasetNotFoundError`` with the steps to prepare it (before anything is compiled)."""
-    name = config.dataset.name
-    if config.get("data_dir"):               # --config.data_dir: shorthand for --config.dataset.data_dir
-        if config.dataset.get("data_dir") and config.dataset.data_dir != config.data_dir:
-            raise ValueError(f"config.data_dir={config.data_dir} and config.dataset.data_dir="
-                             f"{config.dataset.data_dir} disagree; set one of them")
-        import ml_collections
-        dataset = ml_collections.ConfigDict(config.dataset.to_dict())
-        dataset.data_dir = config.data_dir
-        config = ml_collections.ConfigDict({**config.to_dict(), "dataset": dataset.to_dict()})
-    kw = dict(global_batch=config.batch_size, eval_batch=config.eval_batch_size, seed=config.seed,
-              process_index=process_index, process_count=process_count)
-    if name == "digits":
-        from .digits import load_digits
-        return load_digits(config.dataset, **kw)
-    if name in ("cifar10", "cifar100", "imagenet2012"):
-        from .images import load_images
-        return load_images(config.dataset, workers=default_workers(config), **kw)
-    if name in ("cifar10_dvs", "dvs128_gesture"):
-        from .dvs import load_events
-        return load_events(config.dataset, workers=default_workers(config), **kw)
-    raise ValueError(f"unknown config.dataset.name {name!r}; one of 'digits', 'cifar10', 'cifar100', "
-                     "'imagenet2012', 'cifar10_dvs', 'dvs128_gesture'")

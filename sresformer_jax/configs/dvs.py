@@ -2,17 +2,13 @@
 
 Frames as SpikingJelly ``split_by='number'`` (T slices of equal event counts), 2 polarities at 128×128,
 resized (bilinear, antialias) to the input size, plus a third channel ON+OFF; DVSAugment for training.
-The official DVS runs apply neither mixup nor label smoothing (SPEC §6.5 quirk 6): plain cross-entropy.
+The official DVS runs apply neither mixup nor label smoothing (docs/model.md): plain cross-entropy.
 DIR holds the raw files (CIFAR10-DVS: the extracted class zips, DIR/airplane/cifar10_airplane_0.aedat …;
 DVS128 Gesture: DIR/DvsGesture/ from DvsGesture.tar.gz); frames are built once into DIR/frames_number_{T}/.
 """
-import os
-import sys
+import ml_collections
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from base import base_config, model_config  # noqa: E402
-
-import ml_collections  # noqa: E402
+from sresformer_jax.configs.common import base_config, model_config
 
 CLASSES = {"cifar10_dvs": 10, "dvs128_gesture": 11}
 

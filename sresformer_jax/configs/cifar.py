@@ -3,13 +3,9 @@
 Not run directly: configs/cifar10.py, cifar100.py, transfer_cifar10.py and transfer_cifar100.py call
 ``cifar_config``.
 """
-import os
-import sys
+import ml_collections
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from base import base_config, model_config  # noqa: E402
-
-import ml_collections  # noqa: E402
+from sresformer_jax.configs.common import base_config, model_config
 
 STATS = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
          "cifar100": ((129.3 / 255, 124.1 / 255, 112.4 / 255), (68.2 / 255, 65.4 / 255, 70.4 / 255))}

@@ -7,11 +7,7 @@
 mixup 0.5, label smoothing 0.1; everything but the classifier loaded.
 Expected top-1 (paper): 85.98 %.
 """
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cifar import cifar_config  # noqa: E402
+from sresformer_jax.configs.cifar import cifar_config
 
 
 def get_config(arg=None):

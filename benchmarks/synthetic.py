@@ -6,7 +6,7 @@
 * ``write_aedat3`` / ``write_dvs128_gesture``: DVS128 Gesture AEDAT 3.1 files (polarity packets, plus one
   special-event packet that readers must skip), ``_labels.csv`` and ``trials_to_{train,test}.txt``.
 
-Event encodings are the inverse of the decoders in ``dvs.py``, written from the format descriptions.
+Event encodings are the inverse of the decoders in ``sresformer_jax/data/dvs.py``, written from the format descriptions.
 """
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def write_aedat2(path: str | Path, ev: dict) -> None:
 def write_cifar10_dvs(root: str | Path, per_class: int = 3, classes=None, events: int = 300, seed: int = 0
                       ) -> dict:
     """``root/<class>/cifar10_<class>_<i>.aedat``; returns {name: events}."""
-    from .dvs import CIFAR10_DVS_CLASSES
+    from sresformer_jax.data.dvs import CIFAR10_DVS_CLASSES
 
     rng = np.random.default_rng(seed)
     out = {}

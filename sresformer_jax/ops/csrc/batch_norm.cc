@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "parallel.h"
+#include "registry.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -107,21 +108,21 @@ ffi::Error BatchNormGradStats(ffi::ThreadPool pool, ffi::Buffer<D> x, ffi::Buffe
 
 }  // namespace
 
-#define STATS_HANDLERS(SUFFIX, D)                                                                        \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormStats##SUFFIX, BatchNormStats<D>,                               \
-                                ffi::Ffi::Bind()                                                         \
-                                    .Ctx<ffi::ThreadPool>()                                              \
-                                    .Arg<ffi::Buffer<D>>()                                               \
-                                    .Ret<ffi::Buffer<D>>()                                               \
-                                    .Ret<ffi::Buffer<D>>());                                             \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormGradStats##SUFFIX, BatchNormGradStats<D>,                       \
-                                ffi::Ffi::Bind()                                                         \
-                                    .Ctx<ffi::ThreadPool>()                                              \
-                                    .Arg<ffi::Buffer<D>>()                                               \
-                                    .Arg<ffi::Buffer<D>>()                                               \
-                                    .Arg<ffi::Buffer<D>>()                                               \
-                                    .Ret<ffi::Buffer<D>>()                                               \
-                                    .Ret<ffi::Buffer<D>>());
+#define STATS_HANDLERS(SUFFIX, D)                                        \
+  SRESFORMER_HANDLER(BatchNormStats##SUFFIX, BatchNormStats<D>,          \
+                     ffi::Ffi::Bind()                                    \
+                         .Ctx<ffi::ThreadPool>()                         \
+                         .Arg<ffi::Buffer<D>>()                          \
+                         .Ret<ffi::Buffer<D>>()                          \
+                         .Ret<ffi::Buffer<D>>());                        \
+  SRESFORMER_HANDLER(BatchNormGradStats##SUFFIX, BatchNormGradStats<D>,  \
+                     ffi::Ffi::Bind()                                    \
+                         .Ctx<ffi::ThreadPool>()                         \
+                         .Arg<ffi::Buffer<D>>()                          \
+                         .Arg<ffi::Buffer<D>>()                          \
+                         .Arg<ffi::Buffer<D>>()                          \
+                         .Ret<ffi::Buffer<D>>()                          \
+                         .Ret<ffi::Buffer<D>>())
 
-STATS_HANDLERS(F32, ffi::F32)
-STATS_HANDLERS(F64, ffi::F64)
+STATS_HANDLERS(F32, ffi::F32);
+STATS_HANDLERS(F64, ffi::F64);

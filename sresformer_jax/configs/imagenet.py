@@ -13,13 +13,9 @@ Energy (paper): Ti 2.73 G SOPs = 2.46 mJ; M 6.07 G SOPs = 5.46 mJ.
 BatchNorm statistics here are always global over the batch (the official L run used SyncBN; Ti/S/M used
 per-GPU BN statistics over 32 or 28 images — see README, "Sharding").
 """
-import os
-import sys
+import ml_collections
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from base import base_config, model_config  # noqa: E402
-
-import ml_collections  # noqa: E402
+from sresformer_jax.configs.common import base_config, model_config
 
 RECIPES = {  # batch per GPU × 8, lr, RandAugment
     "ti": (256, 1e-3, "rand-m7-mstd0.5-inc1"),

@@ -1,0 +1,200 @@
+"""Command-line entry points: ``sresformer-train`` (``python train.py``) and ``sresformer-eval`` (``python eval.py``).
+
+Each call parses its own flags into a fresh ``absl.flags.FlagValues`` and then calls a plain function:
+``training.train_and_evaluate(config, workdir)`` or ``training.evaluation.evaluate_checkpoint(...)``. Nothing is
+global, so ``train([...])`` can be called twice in one process (a notebook) and never replaces the process.
+A bad flag, config or input ends in one line on stderr and exit status 2 (1 for a failed run), not a traceback.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+import sys
+from pathlib import Path
+
+from absl import flags, logging
+
+from . import configs
+
+_EXPECTED_ERRORS = (ValueError, RuntimeError, FloatingPointError, FileNotFoundError, OSError, KeyError)
+
+
+class UsageError(Exception):
+    """A command line that cannot be run; the message says why and what to type instead."""
+
+
+def _resolve_config_paths(argv: list[str]) -> list[str]:
+    """``--config=NAME.py[:arg]`` (or ``configs/NAME.py``) that is not a file here names a shipped config."""
+    out, i = [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--config" and i + 1 < len(argv):
+            a, i = f"--config={argv[i + 1]}", i + 1
+        if a.startswith("--config="):
+            spec = a[len("--config="):]
+            file, sep, arg = spec.partition(":")
+            shipped = configs.path(file) if not os.path.exists(file) else None
+            if shipped is not None:
+                a = f"--config={shipped}{sep}{arg}"
+        out.append(a)
+        i += 1
+    return out
+
+
+def _config_fields(config, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in config.items():
+        name = f"{prefix}{k}"
+        out.append(name)
+        if hasattr(v, "items"):
+            out.extend(_config_fields(v, name + "."))
+    return out
+
+
+def _unknown_override(argv: list[str], fv_factory) -> str | None:
+    """The first ``--config.x=y`` of ``argv`` that names no field of the config, with the nearest valid one."""
+    base = [a for a in argv if not a.startswith("--config.")]
+    try:
+        config = fv_factory(base).config
+    except Exception:  # noqa: BLE001 - the config itself does not load: reported by the caller
+        return None
+    fields = _config_fields(config)
+    for a in argv:
+        if a.startswith("--config."):
+            name = a[len("--config."):].split("=", 1)[0]
+            if name not in fields:
+                near = difflib.get_close_matches(name, fields, n=1, cutoff=0.5)
+                hint = f"; did you mean --config.{near[0]}?" if near else (
+                    f"; the top-level fields are {', '.join(sorted(config.keys()))}")
+                return f"--config.{name} is not a field of this config{hint}"
+    return None
+
+
+def _parse(argv: list[str], define) -> flags.FlagValues:
+    """Defines the flags on a fresh FlagValues with ``define(fv, argv)`` and parses ``argv``; a bad command line
+    raises ``UsageError`` with a one-line message."""
+    argv = _resolve_config_paths(list(argv))
+
+    def make(args):
+        fv = flags.FlagValues()
+        define(fv, args)
+        fv(args)
+        return fv
+
+    try:
+        fv = make(argv)
+    except (AttributeError, KeyError) as err:            # config_flags: an override that names no field
+        raise UsageError(_unknown_override(argv, make) or f"bad --config override: {err}") from None
+    except flags.Error as err:
+        raise UsageError(str(err).splitlines()[0]) from None
+    except OSError as err:                               # the config file does not load
+        first = str(err).replace("Configuration is not available because of an earlier failure to load: ", "")
+        raise UsageError(f"{first.splitlines()[0]}: {' '.join(str(err).split()[-4:])}; shipped configs: "
+                         f"{', '.join(configs.names())}") from None
+    if any(a in ("--help", "-h", "--helpfull") for a in argv[1:]):
+        print(fv.main_module_help() or fv.get_help())
+        raise SystemExit(0)
+    return fv
+
+
+def _run(prog: str, argv, define, body) -> int:
+    argv = list(sys.argv if argv is None else argv)
+    logging.set_verbosity(logging.WARNING)               # orbax logs every save at INFO
+    try:
+        fv = _parse(argv, define)
+    except UsageError as err:
+        print(f"{prog}: {err}", file=sys.stderr)
+        return 2
+    try:
+        body(fv)
+    except _EXPECTED_ERRORS as err:                      # bad config, data, workdir or input: a message
+        print(f"{prog}: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _init_distributed(fv) -> None:
+    import jax
+    if not fv.distributed:
+        return
+    kw = {k: v for k, v in dict(coordinator_address=fv.coordinator_address, num_processes=fv.num_processes,
+                                process_id=fv.process_id).items() if v is not None}
+    from .runtime import accelerator_present
+    if not accelerator_present():
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(**kw)
+
+
+def _define_train(fv: flags.FlagValues, argv: list[str]) -> None:
+    from ml_collections import config_flags
+    config_flags.DEFINE_config_file("config", str(configs.path("quickstart.py")),
+                                    "Training config: a shipped one (imagenet.py:ti, cifar10.py, ...) or a file "
+                                    "of your own, with --config.x=y overrides.", flag_values=fv, lock_config=True,
+                                    sys_argv=argv)
+    fv_ = dict(flag_values=fv)
+    flags.DEFINE_string("workdir", None, "Where checkpoints and logs go (default: runs/<config name>).", **fv_)
+    flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-process runs).", **fv_)
+    flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (with --distributed).", **fv_)
+    flags.DEFINE_integer("num_processes", None, "Number of processes (with --distributed).", **fv_)
+    flags.DEFINE_integer("process_id", None, "This process's id (with --distributed).", **fv_)
+
+
+def train(argv: list[str] | None = None) -> int:
+    """``sresformer-train``: trains ``--config`` into ``--workdir`` (resuming it if it has checkpoints)."""
+    def body(fv):
+        _init_distributed(fv)
+        import jax
+
+        from .runtime import warn_if_slow_allocator
+        from .training.trainer import train_and_evaluate
+        warn_if_slow_allocator(jax.default_backend())
+        name = Path(fv["config"].config_filename.split(":")[0]).stem
+        train_and_evaluate(fv.config, fv.workdir or os.path.join("runs", name))
+
+    return _run("train.py", argv, _define_train, body)
+
+
+def _define_eval(fv: flags.FlagValues, argv: list[str]) -> None:
+    from ml_collections import config_flags
+    config_flags.DEFINE_config_file("config", None, "Config (default: the one stored in the checkpoint).",
+                                    flag_values=fv, lock_config=False, sys_argv=argv)
+    fv_ = dict(flag_values=fv)
+    flags.DEFINE_string("workdir", "runs/quickstart", "Training workdir to evaluate; eval.json is written here.", **fv_)
+    flags.DEFINE_string("checkpoint", None, "A model checkpoint (e.g. from sresformer_jax.convert) or a training "
+                        "step directory to evaluate instead of the workdir's.", **fv_)
+    flags.DEFINE_enum("which", "best", ["best", "latest"], "Which checkpoint of the workdir.", **fv_)
+    flags.DEFINE_enum("conv_impl", None, ["auto", "xla", "slices", "events"],
+                      "The model's lowering (default: the config's).", **fv_)
+
+
+def evaluate(argv: list[str] | None = None) -> int:
+    """``sresformer-eval``: held-out accuracy, per-layer firing rates, SOPs and energy of a checkpoint."""
+    def body(fv):
+        import jax
+
+        from .runtime import warn_if_slow_allocator
+        from .training.evaluation import evaluate_checkpoint
+        warn_if_slow_allocator(jax.default_backend())
+        r = evaluate_checkpoint(fv.workdir, fv.checkpoint, fv.config, fv.which, fv.conv_impl)
+        rates = r["firing_rates"]
+        print(f"checkpoint     {r['checkpoint']}")
+        print(f"conv_impl      {r['conv_impl']}")
+        print(f"images         {r['num_images']}")
+        print(f"top-1 / top-5  {100 * r['top1']:.2f} % / {100 * r['top5']:.2f} %   (loss {r['loss']:.4f})")
+        print(f"SOPs / image   {r['sops_per_image'] / 1e6:.3f} M   (stem conv and classifier excluded, as the paper)")
+        print(f"energy / image {r['energy_mj']:.6f} mJ   (0.9 pJ per SOP)")
+        print(f"dense MACs     {r['macs_per_step'] / 1e6:.3f} M per step; A/S power ratio "
+              f"{r['as_power_ratio']:.2f} (4.6 pJ/MAC vs 0.9 pJ/SOP)")
+        print(f"firing rates   mean {100 * sum(rates.values()) / len(rates):.2f} % over {len(rates)} spiking "
+              f"layers (min {100 * min(rates.values()):.2f} %, max {100 * max(rates.values()):.2f} %)")
+        print(f"wrote          {r['report_path']} and {r['plot_path']}")
+
+    return _run("eval.py", argv, _define_eval, body)
+
+
+def train_main() -> None:
+    sys.exit(train())
+
+
+def eval_main() -> None:
+    sys.exit(evaluate())

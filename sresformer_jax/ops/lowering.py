@@ -1,0 +1,70 @@
+"""Which lowering a model computes with: a field of the model (``conv_impl``), resolved once when it is built.
+
+    "xla"     XLA's native convolutions and reductions: the GPU/TPU path, and the reference everywhere
+    "slices"  every convolution as matmuls (shifted slices, im2col, or patches); jnp reductions
+    "events"  CPU only: convolutions of spikes on the compiled event-driven kernels, the dense image stem as
+              matmuls, and BatchNorm's statistics on compiled kernels (``ops.kernels``)
+    "auto"    "xla" off the CPU; on the CPU "events" when the kernels build and support the compute dtype,
+              else "slices" (with one warning that says why)
+
+The choice changes how values are computed, never which values: every lowering is tested against the others.
+"""
+from __future__ import annotations
+
+import functools
+import warnings
+
+import jax
+import jax.numpy as jnp
+
+from . import kernels
+
+CONV_IMPLS = ("auto", "xla", "slices", "events")
+
+
+@functools.cache
+def _warn_fallback(why: str) -> None:
+    warnings.warn(f"conv_impl='auto' uses 'slices' (matmuls) instead of the compiled CPU kernels: {why}",
+                  RuntimeWarning, stacklevel=4)
+
+
+def resolve_conv_impl(conv_impl: str = "auto", dtype=None) -> str:
+    """The concrete lowering ("xla", "slices" or "events") for ``conv_impl`` on this process's default backend,
+    for a model computing in ``dtype`` (None: float32 or float64 inputs). Loads (building if needed) the CPU
+    kernels for "auto" and "events"; an explicit "events" that cannot run raises, naming the fix."""
+    if conv_impl not in CONV_IMPLS:
+        raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {conv_impl!r}")
+    backend = jax.default_backend()
+    supported = dtype is None or jnp.dtype(dtype) in kernels.CONV_DTYPES
+    if conv_impl == "auto":
+        if backend != "cpu":
+            return "xla"
+        if not supported:
+            return "slices"
+        why = kernels.unavailable()
+        if why:
+            _warn_fallback(why)
+            return "slices"
+        return "events"
+    if conv_impl == "events":
+        if backend != "cpu":
+            raise ValueError(f"conv_impl='events' runs on the CPU only, and the default backend is {backend}: "
+                             "use conv_impl='xla' (or 'auto')")
+        if not supported:
+            raise ValueError(f"conv_impl='events' computes in float32, float64 or bfloat16, not "
+                             f"{jnp.dtype(dtype).name}: use conv_impl='slices' (or 'auto')")
+        why = kernels.unavailable()
+        if why:
+            raise kernels.KernelBuildError(f"conv_impl='events' needs the compiled CPU kernels: {why}")
+    return conv_impl
+
+
+def conv_lowering(conv_impl: str, spikes: bool) -> str:
+    """The lowering of one convolution of a model built with ``conv_impl``: "events" applies to convolutions
+    of spikes; a dense input (the image stem) is computed as matmuls."""
+    return "slices" if conv_impl == "events" and not spikes else conv_impl
+
+
+def uses_stats_kernels(conv_impl: str) -> bool:
+    """Whether BatchNorm's statistics use the compiled CPU kernels under ``conv_impl``."""
+    return conv_impl == "events"
