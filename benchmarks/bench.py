@@ -21,7 +21,7 @@ dense-equivalent FLOP/s as a fraction of a dense fp32 matmul peak measured in th
 (CPU: process peak RSS and XLA's ``memory_analysis``; GPU/TPU: ``device.memory_stats()``), the lowering, and
 the mean firing rate of the benchmarked batch (the event kernels' speed depends on it).
 
-Prints a table and writes JSON to ``--out`` (default ``benchmarks/results/bench_<device>.json``).
+Prints a table and writes JSON to ``--out`` (default ``benchmarks/results/train_eval_step_<device>.json``).
 """
 from __future__ import annotations
 
@@ -30,7 +30,6 @@ import functools
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -38,10 +37,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from timing import BENCH_JSON_PREFIX, peak_rss_bytes, timed    # benchmarks/timing.py, shared with the official side
+
 from sresformer_jax import runtime
 
 HERE = Path(__file__).resolve().parent
-BENCH_JSON_PREFIX = "BENCH_JSON:"
 
 
 # ----------------------------------------------------------------------------------------------- machine
@@ -60,20 +60,6 @@ def loadavg() -> list[float] | None:
         return list(os.getloadavg())
     except OSError:
         return None
-
-
-def peak_rss_bytes() -> int:
-    """Peak resident set size of this process: ``VmHWM`` from /proc/self/status where there is one, else
-    ``ru_maxrss`` (KiB on Linux, bytes on macOS). On Linux a child started by fork+exec inherits its parent's
-    ``ru_maxrss``, so the official subprocess reads ``VmHWM`` (its own address space's high-water mark)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(r if sys.platform == "darwin" else r * 1024)
 
 
 def machine_info() -> dict[str, Any]:
@@ -171,15 +157,6 @@ def matmul_peak(n: int = 2048, reps: int = 5, dtype: str = "float32") -> dict[st
     return {"n": n, "dtype": dtype, "reps": reps, "median_s": t, "flops_per_s": 2.0 * n ** 3 / t}
 
 
-def _timed(fn, n: int) -> list[float]:
-    out = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return out
-
-
 def calibrated_batch_stats(model, variables: dict, images) -> dict:
     """``variables`` with every BatchNorm's running statistics set to those of a training-mode forward on
     ``images`` (each layer's batch statistics, recovered exactly from one running update r' = (1 − m)·r +
@@ -248,8 +225,8 @@ def bench_ours(model_name: str, img_size: int, T: int, batch: int, num_classes: 
         holder["state"], m = train_c(holder["state"], train_batch)
         holder["metrics"] = _block(m)
 
-    warm_train = _timed(run_train, warmup)
-    train_times = _timed(run_train, steps)
+    warm_train = timed(run_train, warmup)
+    train_times = timed(run_train, steps)
     log(f"[ours] train step median {statistics.median(train_times):.2f}s ({train_times})")
     if train_only:
         return {"train_step_s": statistics.median(train_times), "device_memory": _device_memory()}
@@ -261,8 +238,8 @@ def bench_ours(model_name: str, img_size: int, T: int, batch: int, num_classes: 
     eval_compile_s = time.perf_counter() - t0
     log(f"[ours] eval step compiled in {eval_compile_s:.1f}s")
     run_eval = lambda: _block(eval_c(variables, eval_batch))  # noqa: E731
-    warm_eval = _timed(run_eval, warmup)
-    eval_times = _timed(run_eval, steps)
+    warm_eval = timed(run_eval, warmup)
+    eval_times = timed(run_eval, steps)
     log(f"[ours] eval step median {statistics.median(eval_times):.2f}s ({eval_times})")
 
     # The event kernels' speed depends on how many neurons fire: the rate of the benchmarked batch.
@@ -481,7 +458,7 @@ def main(argv=None) -> dict:
     p.add_argument("--host-memory", default="huge", choices=runtime.ALLOCATORS,
                    help="the host allocator our process starts with (sresformer_jax/runtime.py)")
     p.add_argument("--matmul-size", type=int, default=2048, help="n of the n×n fp32 matmul peak reference")
-    p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/bench_<device>.json)")
+    p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/train_eval_step_<device>.json)")
     p.add_argument("--official-dir", default=None, help="root of a clone of xyshi2000/SpikingResformer")
     p.add_argument("--official-python", default=sys.executable,
                    help="interpreter with torch, spikingjelly==0.0.0.0.14 (and timm) for the official side")
@@ -552,7 +529,7 @@ def main(argv=None) -> dict:
     result["loadavg_end"] = loadavg()
     print(table(result))
     tag = device_tag(result.get("machine"))
-    out = Path(a.out) if a.out else HERE / "results" / f"bench_{tag}.json"
+    out = Path(a.out) if a.out else HERE / "results" / f"train_eval_step_{tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {out}")

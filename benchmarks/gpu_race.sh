@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU race of issue #5: SpikingResformer-Ti at 224², T = 4, ours vs the official code on the same card —
+# The GPU race: SpikingResformer-Ti at 224², T = 4, ours vs the official code on the same card —
 # training/evaluation images/s and the largest training batch that fits, each side in its own process.
 #
 #   OFFICIAL_DIR=/path/to/SpikingResformer OFFICIAL_PYTHON=/path/to/venv/bin/python benchmarks/gpu_race.sh
@@ -7,7 +7,7 @@
 # The official side needs torch with CUDA, spikingjelly==0.0.0.0.14 (and cupy for its cupy neurons, else the
 # torch backend is used) and timm; see docs/performance.md. It runs with fp16 autocast + GradScaler, as its
 # recipe trains; ours with bf16 compute and float32 master weights (config.precision="bfloat16").
-# Budget: about 5 minutes of device time (compiles included). Writes benchmarks/results/bench_gpu_ti224*.json.
+# Budget: about 5 minutes of device time (compiles included). Writes benchmarks/results/gpu_race_ti224*.json.
 set -euo pipefail
 export XLA_PYTHON_CLIENT_PREALLOCATE=false   # the official side shares the card: JAX allocates as it needs
 cd "$(dirname "$0")/.."
@@ -21,6 +21,6 @@ official=(--official-dir "$OFFICIAL_DIR" --official-python "$PY" --official-devi
           --official-timeout 600)
 # 1. both sides at the same batch (ours bf16), then the largest batch each fits (doubling from BATCH)
 python benchmarks/bench.py "${ours[@]}" "${official[@]}" --batch "$BATCH" --precision bfloat16 --max-batch "$CAP" \
-    --out benchmarks/results/bench_gpu_ti224.json
+    --out benchmarks/results/gpu_race_ti224.json
 # 2. ours in float32, for reference
-python benchmarks/bench.py "${ours[@]}" --batch "$BATCH" --precision float32 --out benchmarks/results/bench_gpu_ti224_fp32.json
+python benchmarks/bench.py "${ours[@]}" --batch "$BATCH" --precision float32 --out benchmarks/results/gpu_race_ti224_fp32.json

@@ -91,7 +91,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--batches", type=int, default=4)
     ap.add_argument("--workers", type=int, default=os.cpu_count())
-    ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/input_pipeline_<host>.json)")
+    ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/input_pipeline_cpu.json)")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         res = {"machine": f"{platform.node()} ({os.cpu_count()} cores, {platform.processor() or platform.machine()})",
@@ -106,7 +106,7 @@ def main() -> None:
     print(f"{'CIFAR10-DVS frame cache build (samples/s)':<44}{ev['cache_samples_s_per_core']:>12.1f}{'':>14}")
     print(f"{'CIFAR10-DVS train, 64², T=16 (frames/s)':<44}{ev['train_frames_s_per_core']:>12.1f}"
           f"{ev[f'train_frames_s_{a.workers}_workers']:>14.1f}")
-    out = Path(a.out or Path(__file__).parent / "results" / f"input_pipeline_{platform.node() or 'host'}.json")
+    out = Path(a.out or Path(__file__).parent / "results" / "input_pipeline_cpu.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1))
     print(f"wrote {out}")

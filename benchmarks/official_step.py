@@ -13,13 +13,11 @@ fp16 autocast with a GradScaler on CUDA (the official recipe), bf16 autocast on 
 ``BENCH_JSON:{...}``.
 """
 import json
-import resource
 import statistics
 import sys
-import time
 import types
 
-BENCH_JSON_PREFIX = "BENCH_JSON:"
+from timing import BENCH_JSON_PREFIX, peak_rss_bytes, timed     # benchmarks/timing.py (standard library only)
 
 
 def _import_timm(allow_stub: bool) -> str:
@@ -48,27 +46,6 @@ def _build(cfg: dict):
         return getattr(official, cfg["model"])(num_classes=cfg["num_classes"], img_size=cfg["img_size"], T=cfg["T"])
     finally:
         sj_base.check_backend_library = check
-
-
-def peak_rss() -> int:
-    """VmHWM, this address space's high-water mark (ru_maxrss would include the parent's after fork+exec)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def timed(fn, n: int) -> list[float]:
-    out = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return out
 
 
 def main(cfg: dict) -> dict:
@@ -125,7 +102,7 @@ def main(cfg: dict) -> dict:
         sync()
         return out
 
-    rss_before = peak_rss()
+    rss_before = peak_rss_bytes()
     warm_train, train_times = timed(train, cfg["warmup"]), timed(train, cfg["steps"])
     warm_eval, eval_times = timed(evaluate, cfg["warmup"]), timed(evaluate, cfg["steps"])
 
@@ -139,7 +116,7 @@ def main(cfg: dict) -> dict:
             "device_peak_bytes": torch.cuda.max_memory_allocated() if device == "cuda" else None,
             "num_params": sum(p.numel() for p in model.parameters()),
             "train": summary(train_times, warm_train), "eval": summary(eval_times, warm_eval),
-            "peak_rss_bytes": peak_rss(), "rss_before_steps_bytes": rss_before}
+            "peak_rss_bytes": peak_rss_bytes(), "rss_before_steps_bytes": rss_before}
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Dual Spike Self-Attention (DSSA, SPEC §2).
+"""Dual Spike Self-Attention (DSSA; docs/model.md, "DSSA").
 
 Per head i, with spikes S = SN(X) (queries, no projection) and [f1 | f2] = BN(Conv_{p×p/p}(S)):
 

@@ -62,11 +62,17 @@ def _unknown_override(argv: list[str], fv_factory) -> str | None:
     for a in argv:
         if a.startswith("--config."):
             name = a[len("--config."):].split("=", 1)[0]
-            if name not in fields:
-                near = difflib.get_close_matches(name, fields, n=1, cutoff=0.5)
-                hint = f"; did you mean --config.{near[0]}?" if near else (
-                    f"; the top-level fields are {', '.join(sorted(config.keys()))}")
-                return f"--config.{name} is not a field of this config{hint}"
+            if name in fields:
+                continue
+            parent, _, leaf = name.rpartition(".")
+            while parent and parent not in fields:                 # the deepest part that exists
+                parent, _, _ = parent.rpartition(".")
+            siblings = [f for f in fields if f.rpartition(".")[0] == parent]
+            near = difflib.get_close_matches(name, siblings, n=1, cutoff=0.6)
+            hint = f"; did you mean --config.{near[0]}?" if near else (
+                f"; the fields of {'config.' + parent if parent else 'the config'} are "
+                f"{', '.join(sorted(f.rpartition('.')[2] for f in siblings))}")
+            return f"--config.{name} is not a field of this config{hint}"
     return None
 
 
@@ -74,6 +80,11 @@ def _parse(argv: list[str], define) -> flags.FlagValues:
     """Defines the flags on a fresh FlagValues with ``define(fv, argv)`` and parses ``argv``; a bad command line
     raises ``UsageError`` with a one-line message."""
     argv = _resolve_config_paths(list(argv))
+    if any(a in ("--help", "-h", "--helpfull") for a in argv[1:]):
+        fv = flags.FlagValues()
+        define(fv, argv[:1])
+        print(f"usage: {Path(argv[0]).name} [flags]\n\n{fv.get_help()}")
+        raise SystemExit(0)
 
     def make(args):
         fv = flags.FlagValues()
@@ -83,17 +94,17 @@ def _parse(argv: list[str], define) -> flags.FlagValues:
 
     try:
         fv = make(argv)
+        if fv.config is not None:                        # load the config file now: its errors are usage errors
+            fv.config.keys()
     except (AttributeError, KeyError) as err:            # config_flags: an override that names no field
         raise UsageError(_unknown_override(argv, make) or f"bad --config override: {err}") from None
     except flags.Error as err:
         raise UsageError(str(err).splitlines()[0]) from None
     except OSError as err:                               # the config file does not load
-        first = str(err).replace("Configuration is not available because of an earlier failure to load: ", "")
-        raise UsageError(f"{first.splitlines()[0]}: {' '.join(str(err).split()[-4:])}; shipped configs: "
+        spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), "")
+        why = str(err).strip().splitlines()[-1].strip()
+        raise UsageError(f"cannot load --config={spec} ({why}); the shipped configs are "
                          f"{', '.join(configs.names())}") from None
-    if any(a in ("--help", "-h", "--helpfull") for a in argv[1:]):
-        print(fv.main_module_help() or fv.get_help())
-        raise SystemExit(0)
     return fv
 
 
@@ -111,6 +122,14 @@ def _run(prog: str, argv, define, body) -> int:
         print(f"{prog}: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
     return 0
+
+
+def _advise_allocator(prog: str, platform_name: str) -> None:
+    """One line on stderr when a CPU run was started without a host-allocator setting (``runtime``)."""
+    from .runtime import allocator_advice
+    advice = allocator_advice(platform_name)
+    if advice:
+        print(f"{prog}: note: {advice}", file=sys.stderr, flush=True)
 
 
 def _init_distributed(fv) -> None:
@@ -145,9 +164,8 @@ def train(argv: list[str] | None = None) -> int:
         _init_distributed(fv)
         import jax
 
-        from .runtime import warn_if_slow_allocator
         from .training.trainer import train_and_evaluate
-        warn_if_slow_allocator(jax.default_backend())
+        _advise_allocator("train.py", jax.default_backend())
         name = Path(fv["config"].config_filename.split(":")[0]).stem
         train_and_evaluate(fv.config, fv.workdir or os.path.join("runs", name))
 
@@ -172,9 +190,8 @@ def evaluate(argv: list[str] | None = None) -> int:
     def body(fv):
         import jax
 
-        from .runtime import warn_if_slow_allocator
         from .training.evaluation import evaluate_checkpoint
-        warn_if_slow_allocator(jax.default_backend())
+        _advise_allocator("eval.py", jax.default_backend())
         r = evaluate_checkpoint(fv.workdir, fv.checkpoint, fv.config, fv.which, fv.conv_impl)
         rates = r["firing_rates"]
         print(f"checkpoint     {r['checkpoint']}")

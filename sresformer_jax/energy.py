@@ -1,4 +1,4 @@
-"""Synaptic operations (SOPs), energy, dense MACs and firing rates (SPEC §8), counted exactly like the
+"""Synaptic operations (SOPs), energy, dense MACs and firing rates (docs/model.md, "Energy"), counted exactly like the
 official ``utils.SOPMonitor`` / ``main.test``.
 
 Usage::
@@ -44,7 +44,7 @@ Dense MACs per time step (``dense_macs``; pure shape arithmetic, batch 1 — mai
 * conv: H_out·W_out·C_out·(C_in/g)·k²      (stem ``prologue.0`` included here, and reported separately)
 * linear (classifier): D_3 · classes
 * each DSSA matmul: left.numel · right.shape[-1] = C · N′ · HW
-* ``total`` = stem + spiking part + classifier; this is SPEC §4.4's table (BN excluded), e.g. Ti at 224:
+* ``total`` = stem + spiking part + classifier; the dense-compute convention of the paper's tables (BN excluded), e.g. Ti at 224:
   stem 0.118 G, rest 3.909 G (2 DSSA matmuls: 0.285 G), total 4.03 G.
 * ``thop_total`` = ``total`` + thop 0.1.1's default BatchNorm rule, 2·numel ×2 (affine) = 4·numel of every
   BN input. Max-pool, avg-pool and neurons count 0 (SpikingJelly's subclasses are not in thop's exact-type
@@ -288,7 +288,7 @@ def dense_macs(model: SpikingResformer, img_size: int | tuple[int, int] | None =
 
     Returns ``per_step`` and ``per_image`` (= T × per step) dicts with ``stem``, ``spiking`` (every conv and
     matmul after the stem), ``matmul`` (the DSSA matmuls, part of ``spiking``), ``classifier``, ``total``
-    (stem + spiking + classifier: SPEC §4.4), ``bn_thop`` (4 · BN input elements) and ``thop_total``
+    (stem + spiking + classifier, BN excluded), ``bn_thop`` (4 · BN input elements) and ``thop_total``
     (total + bn_thop: main.py's printed MACs), plus ``per_layer_step`` (official name → MACs per step,
     ``prologue.0`` and ``classifier`` included).
     """
@@ -424,7 +424,7 @@ def energy_report(model: SpikingResformer, spike_counts: Mapping, batch_size: in
 
     Keys: ``sops_per_image``, ``sops_total`` (int, whole batch), ``energy_mj`` (= 0.9 pJ · SOPs, per image),
     ``per_layer_sops`` (per image; ``per_layer_sops_total``: ints), ``firing_rates``, ``macs_per_step`` /
-    ``macs_per_image`` (SPEC §4.4 convention, stem and classifier included), ``thop_macs_per_step``
+    ``macs_per_image`` (stem and classifier included, BN excluded), ``thop_macs_per_step``
     (main.py's printed MACs), ``macs`` (``dense_macs`` in full), ``as_power_ratio`` (main.py:
     4.6 · thop MACs per step / (0.9 · SOPs per image)), ``as_power_ratio_per_image`` (4.6 · T · MACs per
     step / (0.9 · SOPs)), ``num_images``, ``e_ac_pj``, ``e_mac_pj``.

@@ -1,4 +1,4 @@
-"""Group-wise spiking feed-forward network (GWFFN, SPEC §3).
+"""Group-wise spiking feed-forward network (GWFFN; docs/model.md).
 
     FFL_i(X) = BN(Conv_1×1(SN(X)))                  (up: C → R·C, down: R·C → C)
     GWL(X)   = BN(GWConv_3×3(SN(X))) + X            (groups of G channels, inner skip)

@@ -1,4 +1,4 @@
-"""Spiking neurons as pure functions (SPEC §1).
+"""Spiking neurons as pure functions (docs/model.md, "Spiking neuron").
 
 The spike is a Heaviside step with a surrogate derivative (``jax.custom_vjp``); LIF and PLIF are
 multi-step neurons written as a ``lax.scan`` over the leading time axis. The membrane starts at

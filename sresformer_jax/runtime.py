@@ -9,17 +9,16 @@ glibc reads its settings only when a process starts, so the fix is a launcher se
 process can do for itself. Either of
 
     GLIBC_TUNABLES=glibc.malloc.hugetlb=1 python train.py ...        # glibc >= 2.35, transparent huge pages on
-    LD_PRELOAD=libjemalloc.so.2 MALLOC_CONF=oversize_threshold:0 python train.py ...   # apt install libjemalloc2
+    LD_PRELOAD=libtcmalloc_minimal.so.4 python train.py ...          # apt-get install libtcmalloc-minimal4
 
-removes the cost (measured in docs/performance.md). ``train.py`` and ``eval.py`` warn once when a CPU run has
-neither. ``ALLOCATORS`` names the settings the benchmark gives to each process it launches.
+removes most of the cost (measured in docs/performance.md: huge pages keep the memory footprint, tcmalloc is faster
+still but keeps about twice the memory). ``train.py`` and ``eval.py`` say so once when a CPU run
+has neither (``allocator_advice``). ``ALLOCATORS`` names the settings the benchmark gives to each process it launches.
 """
 from __future__ import annotations
 
-import functools
 import os
 import platform
-import warnings
 from pathlib import Path
 
 TUNABLE = "glibc.malloc.hugetlb"
@@ -39,9 +38,10 @@ RETAIN_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THR
 ALLOCATORS = ("system", "huge", "retain", *PRELOADS)
 """Host-allocator settings a launcher can give a process (``allocator_env``)."""
 
-# What the warning says it costs: docs/performance.md, "Host allocator" (spikingresformer_cifar, batch 32, T = 4,
-# 32², float32 training step on a 2-core Sapphire Rapids VM).
-MEASURED_COST = "a batch-32 step of spikingresformer_cifar took 1.7× as long without it on a 2-core VM"
+# What the advice says it costs: docs/performance.md, "Host allocator" (spikingresformer_cifar, batch 32, T = 4,
+# 32², float32 training step on a 2-core Sapphire Rapids VM, two interleaved rounds).
+MEASURED_COST = ("a batch-32 training step of spikingresformer_cifar took 1.18× as long as with huge pages and 1.4× "
+                 "as long as with tcmalloc on a 2-core VM")
 
 
 _ACCELERATOR_NODES = ("/dev/nvidia0", "/dev/accel0", "/dev/kfd")
@@ -140,21 +140,13 @@ def allocator_advice(platform_name: str, env: dict[str, str] | None = None) -> s
     fixes = []
     if huge_pages_unavailable() is None:
         fixes.append(f"GLIBC_TUNABLES={TUNABLE}=1")
-    jemalloc = find_library(PRELOADS["jemalloc"]) or "libjemalloc.so.2 (apt-get install libjemalloc2)"
-    fixes.append(f"MALLOC_CONF=oversize_threshold:0 LD_PRELOAD={jemalloc}")
+    tcmalloc = find_library(PRELOADS["tcmalloc"]) or f"{PRELOADS['tcmalloc']} (apt-get install libtcmalloc-minimal4)"
+    fixes.append(f"LD_PRELOAD={tcmalloc} (about twice the memory)")
     return (f"XLA:CPU's per-step buffers are on glibc's default allocator, which re-faults them every step "
-            f"({MEASURED_COST}). Start Python with {' or '.join(fixes)}, e.g. `{fixes[0].split(' (')[0]} "
+            f"({MEASURED_COST}). Start Python with {' or with '.join(fixes)}, e.g. `{fixes[0].split(' (')[0]} "
             "python train.py`; see docs/performance.md.")
-
-
-@functools.cache
-def warn_if_slow_allocator(platform_name: str) -> None:
-    """Warns once per process when ``allocator_advice`` has something to say."""
-    advice = allocator_advice(platform_name)
-    if advice:
-        warnings.warn(advice, RuntimeWarning, stacklevel=2)
 
 
 __all__ = ["ALLOCATORS", "MEASURED_COST", "PRELOADS", "RETAIN_ENV", "TUNABLE", "accelerator_present",
            "allocator_advice", "allocator_env", "describe", "find_library", "huge_pages_active",
-           "huge_pages_unavailable", "preloaded_allocator", "warn_if_slow_allocator", "with_huge_pages"]
+           "huge_pages_unavailable", "preloaded_allocator", "with_huge_pages"]

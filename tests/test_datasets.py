@@ -4,6 +4,7 @@ Gesture AEDAT 3.1 files; the timm RandAugment definition; the official preproces
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import math
 import os
@@ -17,7 +18,8 @@ from PIL import Image
 import synthetic
 from sresformer_jax.data import DatasetNotFoundError, dvs, get_dataset
 from sresformer_jax.data.events import frames_by_number
-from sresformer_jax.data.randaugment import level_to_arg, parse_randaugment
+from sresformer_jax.data.randaugment import (INCREASING_TRANSFORMS, TRANSFORMS, apply_op, level_to_arg,
+                                             parse_randaugment)
 from sresformer_jax.data.transforms import eval_image, random_resized_crop_box, train_image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,6 +77,40 @@ def test_randaugment_magnitudes_follow_timm_level_to_arg(m):
     assert level_to_arg("ContrastIncreasing", m, neg) == (max(0.1, 1 - 0.9 * lv),)
     assert level_to_arg("SharpnessIncreasing", m, keep) == (1 + 0.9 * lv,)
     assert level_to_arg("Equalize", m, keep) == ()
+
+
+@pytest.mark.parametrize("name", sorted(set(TRANSFORMS) | set(INCREASING_TRANSFORMS)))
+@pytest.mark.parametrize("magnitude", [0.0, 10.0])
+def test_every_randaugment_op_runs_at_the_extreme_magnitudes(name, magnitude):
+    """Magnitude 10 (drawn ~2 % of the time by mstd0.5 policies at m9) makes PosterizeIncreasing keep 4 − 4 = 0
+    bits: the black image older Pillow returned there (every bit masked), not the error Pillow 13 raises."""
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 256, (12, 10, 3), dtype=np.uint8))
+    args = level_to_arg(name, magnitude, rng)
+    out = apply_op(img, name, args, (124, 116, 104), Image.Resampling.BICUBIC)
+    assert out.size == img.size and out.mode == img.mode
+    if name == "PosterizeIncreasing" and magnitude == 10.0:
+        assert args == (0,) and not np.asarray(out).any()
+
+
+def test_every_shipped_randaugment_policy_runs_over_thousands_of_images():
+    """Each config's policy on 3,000 images (seeded), magnitudes drawn as in training, clipped to [0, 10]."""
+    from sresformer_jax import configs
+    policies = set()
+    for name in configs.names():
+        module = importlib.import_module(f"sresformer_jax.configs.{name}")
+        for arg in (("ti", "s", "m", "l") if name == "imagenet" else (None,)):
+            c = module.get_config(arg)
+            if c.dataset.get("randaugment"):
+                policies.add((c.dataset.randaugment, tuple(c.dataset.mean)))
+    assert {p for p, _ in policies} >= {"rand-m7-mstd0.5-inc1", "rand-m9-mstd0.5-inc1", "rand-m9-n3-mstd0.5-inc1",
+                                         "rand-m7-n1-mstd0.5-inc1", "rand-m9-n1-mstd0.4-inc1"}
+    base = Image.fromarray(np.random.default_rng(1).integers(0, 256, (16, 16, 3), dtype=np.uint8))
+    for policy, mean in sorted(policies):
+        ra = parse_randaugment(policy, mean=mean)
+        for i in range(3000):
+            out = ra(base, np.random.default_rng([7, i]))
+            assert out.size == base.size, policy
 
 
 def test_randaugment_is_deterministic_and_keeps_size_and_range():

@@ -1,5 +1,5 @@
 """SOPs, energy, dense MACs and firing rates (sresformer_jax.energy) against hand counts, the official
-SOPMonitor numbers of the golden files (tests/golden/official_sops.json) and SPEC §4.4's MAC table."""
+SOPMonitor numbers of the golden files (tests/golden/official_sops.json) and the dense MAC table computed from the official code."""
 from __future__ import annotations
 
 import functools
@@ -226,10 +226,10 @@ def test_missing_counts_raise():
         energy.SOPCounter(model).update(counts, 4).report(img_size=128)
 
 
-# ------------------------------------------------------------------------------- dense MACs (SPEC §4.4)
+# ------------------------------------------------------------------- dense MACs (from the official code)
 
 # variant, overrides → stem, rest (everything after the stem, classifier included), DSSA matmuls, total (G)
-SPEC_MACS = [
+OFFICIAL_MACS = [
     ("spikingresformer_ti", {}, 0.118, 3.909, 0.285, 4.03),
     ("spikingresformer_s", {}, 0.118, 5.749, 0.354, 5.87),
     ("spikingresformer_m", {}, 0.118, 10.576, 0.492, 10.69),
@@ -246,7 +246,7 @@ def _close(value: int, table: float) -> bool:
     return round(value / 1e9, decimals) == table
 
 
-@pytest.mark.parametrize("variant,overrides,stem,rest,matmul,total", SPEC_MACS)
+@pytest.mark.parametrize("variant,overrides,stem,rest,matmul,total", OFFICIAL_MACS)
 def test_dense_macs_spec_table(variant, overrides, stem, rest, matmul, total):
     model = create_model(variant, **overrides)
     macs = energy.dense_macs(model)

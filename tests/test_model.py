@@ -38,7 +38,7 @@ def test_variant_names_shapes_and_counts_equal_official(name):
 
 
 def test_paper_parameter_counts():
-    # SPEC §4.3: Ti 11.14 M and M 35.52 M exclude BN γ/β; all parameters: 11.18 M / 35.60 M.
+    # The paper's Ti 11.14 M and M 35.52 M exclude BN γ/β; all parameters: 11.18 M / 35.60 M.
     for name, paper in (("spikingresformer_ti", 11.14e6), ("spikingresformer_m", 35.52e6)):
         model = create_model(name)
         params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)),

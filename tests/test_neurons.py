@@ -1,4 +1,4 @@
-"""Neuron dynamics (SPEC §1, §11): hand-computed LIF sequences, surrogate gradients, PLIF gradient."""
+"""Neuron dynamics: hand-computed LIF sequences, surrogate gradients, PLIF gradient."""
 from __future__ import annotations
 
 import math

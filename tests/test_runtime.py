@@ -56,11 +56,13 @@ def test_huge_pages_cut_per_call_page_faults_without_growing_memory():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(runtime.find_library(runtime.PRELOADS["jemalloc"]) is None, reason="libjemalloc2 not installed")
-def test_preloaded_jemalloc_also_cuts_the_faults():
+@pytest.mark.parametrize("name", ["tcmalloc", "jemalloc"])
+def test_a_preloaded_malloc_also_cuts_the_faults(name):
+    if runtime.find_library(runtime.PRELOADS[name]) is None:
+        pytest.skip(f"{runtime.DEBIAN_PACKAGES[name]} is not installed")
     system = json.loads(_python(FAULTS, _base_env()).stdout.splitlines()[-1])
-    jemalloc = json.loads(_python(FAULTS, runtime.allocator_env("jemalloc", _base_env())).stdout.splitlines()[-1])
-    assert jemalloc["faults"] < system["faults"] // 10, (system, jemalloc)
+    preloaded = json.loads(_python(FAULTS, runtime.allocator_env(name, _base_env())).stdout.splitlines()[-1])
+    assert preloaded["faults"] < system["faults"] // 10, (system, preloaded)
 
 
 def test_tunables_are_edited_not_replaced():
@@ -89,7 +91,7 @@ def test_allocator_envs_name_one_allocator_each():
 
 def test_cpu_runs_without_an_allocator_setting_are_told_the_fix():
     advice = runtime.allocator_advice("cpu", runtime.allocator_env("system"))
-    assert advice and "LD_PRELOAD=" in advice and runtime.MEASURED_COST in advice
+    assert advice and "LD_PRELOAD=" in advice and "tcmalloc" in advice and runtime.MEASURED_COST in advice
     if runtime.huge_pages_unavailable() is None:
         assert "GLIBC_TUNABLES=glibc.malloc.hugetlb=1" in advice
     assert runtime.allocator_advice("cpu", runtime.allocator_env("huge")) is None

@@ -20,7 +20,7 @@ from sresformer_jax.training.optim import cosine_schedule, decay_mask, make_opti
 
 
 def test_schedule_matches_timm_per_epoch_values():
-    """SPEC §6.1: e < 3: 1e-5 + e(base − 1e-5)/3; e ≥ 3: 1e-5 + ½(base − 1e-5)(1 + cos(πe/epochs))."""
+    """timm's schedule, stepped per epoch: e < 3: 1e-5 + e(base − 1e-5)/3; e ≥ 3: 1e-5 + ½(base − 1e-5)(1 + cos(πe/epochs))."""
     base, epochs, spe = 1e-3, 320, 10
     sched = cosine_schedule(base, epochs, spe)
     for e in (0, 1, 2, 3, 4, 100, 160, 319):

@@ -1,4 +1,4 @@
-"""Event-camera streams → frames exactly like the official pipeline (SPEC §6.5).
+"""Event-camera streams → frames exactly like the official pipeline (docs/model.md).
 
 1. ``frames_by_number``: SpikingJelly ``split_by='number'`` — N events cut into T slices of ⌊N/T⌋ events,
    the remainder going to the last slice (tonic's ``ToFrame`` drops it), each slice accumulated into a

@@ -82,6 +82,8 @@ def apply_op(img: Image.Image, name: str, args: tuple, fill: tuple[int, ...], re
     if base == "Rotate":
         return img.rotate(args[0], **affine)
     if base == "Posterize":
+        if args[0] <= 0:      # keep no bits: every bit masked away, the black image of the official runs' Pillow
+            return img.point([0] * 256 * len(img.getbands()))
         return img if args[0] >= 8 else ImageOps.posterize(img, args[0])
     if base == "Solarize":
         return ImageOps.solarize(img, args[0])

@@ -1,4 +1,4 @@
-"""Losses and metrics on per-step logits ``[T, B, K]`` (SPEC §6.1).
+"""Losses and metrics on per-step logits ``[T, B, K]`` (docs/model.md, "Training recipes").
 
 Default: cross-entropy of the T-averaged logits, ``CE(mean_t z_t, y)``, with label smoothing ε on hard
 labels (y ← (1 − ε)·onehot + ε/K) or soft targets as given (mixup/cutmix). TET option:

@@ -1,4 +1,4 @@
-"""AdamW and the timm cosine schedule exactly as the official recipe (SPEC §6.1).
+"""AdamW and the timm cosine schedule exactly as the official recipe (docs/model.md).
 
 Schedule (timm ``CosineLRScheduler``, warm-up ``w`` epochs from ``warmup_lr``, floor ``min_lr``, stepped
 once per epoch; epoch ``e`` is 0-based):
