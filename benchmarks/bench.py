@@ -30,6 +30,7 @@ import functools
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -229,7 +230,10 @@ def bench_ours(model_name: str, img_size: int, T: int, batch: int, num_classes: 
     train_times = timed(run_train, steps)
     log(f"[ours] train step median {statistics.median(train_times):.2f}s ({train_times})")
     if train_only:
-        return {"train_step_s": statistics.median(train_times), "device_memory": _device_memory()}
+        return {"train_step_s": statistics.median(train_times), "train_step_s_all": train_times,
+                "compile_s": train_compile_s, "peak_rss_bytes": peak_rss_bytes(), "device_memory": _device_memory(),
+                "minor_page_faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt,
+                "host_allocator": runtime.describe()}
 
     eval_fn = jax.jit(functools.partial(eval_step, model=model))
     variables = calibrated_batch_stats(model, holder["state"].variables(), images)
@@ -277,6 +281,10 @@ def worker(a) -> dict[str, Any]:
         bench_ours(a.model, a.img_size, a.T, a.batch, a.num_classes, 1, 0, a.precision, remat=a.remat,
                    conv_impl=a.conv_impl, train_only=True, log=lambda *_: None)
         return {}
+    if a.train_only:                       # benchmarks/host_allocator.py: training steps only
+        return {**bench_ours(a.model, a.img_size, a.T, a.batch, a.num_classes, a.steps, a.warmup, a.precision,
+                             remat=a.remat, conv_impl=a.conv_impl, train_only=True, log=lambda *_: None),
+                "machine": info}
     peak = matmul_peak(a.matmul_size)
     print(f"[ours] matmul peak ({a.matmul_size}² fp32): {peak['flops_per_s'] / 1e9:.1f} GFLOP/s", flush=True)
     res = bench_ours(a.model, a.img_size, a.T, a.batch, a.num_classes, a.steps, a.warmup, a.precision,
@@ -301,7 +309,7 @@ def _launch(cmd: list[str], env: dict[str, str], timeout: float | None, cwd=None
     return {"error": f"exit {p.returncode}", "stderr_tail": p.stderr[-3000:], "stdout_tail": p.stdout[-1000:]}
 
 
-def _worker_cmd(a, batch: int | None = None, probe: bool = False) -> list[str]:
+def worker_cmd(a, batch: int | None = None, probe: bool = False) -> list[str]:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--model", a.model, "--img-size",
            str(a.img_size), "--T", str(a.T), "--batch", str(batch or a.batch), "--num-classes", str(a.num_classes),
            "--steps", str(a.steps), "--warmup", str(a.warmup), "--precision", a.precision, "--conv-impl",
@@ -366,7 +374,7 @@ def largest_batch(fits, start: int, cap: int, log=print) -> dict[str, Any]:
 
 def probe_ours(a, batch: int) -> bool:
     """One training step of ours at ``batch`` in a fresh process (so an OOM leaves nothing behind)."""
-    r = _launch(_worker_cmd(a, batch, probe=True), runtime.allocator_env(a.host_memory), None, echo=False)
+    r = _launch(worker_cmd(a, batch, probe=True), runtime.allocator_env(a.host_memory), None, echo=False)
     if "error" not in r:
         return True
     if is_oom(r.get("stderr_tail", "") + r.get("stdout_tail", "")):
@@ -478,6 +486,7 @@ def main(argv=None) -> dict:
                         "(each probe a fresh process)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--probe-train-step", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--train-only", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.worker:
         print(BENCH_JSON_PREFIX + json.dumps(worker(a)), flush=True)
@@ -507,7 +516,7 @@ def main(argv=None) -> dict:
             print(f"[ours] largest training batch (doubling from {a.batch}, cap {a.max_batch}):")
             result["ours_largest_batch"] = largest_batch(lambda b: probe_ours(a, b), a.batch, a.max_batch)
     if not a.skip_ours:
-        result["ours"] = _launch(_worker_cmd(a), runtime.allocator_env(a.host_memory), None)
+        result["ours"] = _launch(worker_cmd(a), runtime.allocator_env(a.host_memory), None)
         if "error" in result["ours"]:
             print(f"[ours] FAILED: {result['ours']['error']}\n{result['ours'].get('stderr_tail', '')}")
             result["ours"] = None
