@@ -183,6 +183,18 @@ class CorruptCheckpointError(ValueError):
     """No readable training checkpoint remains in a workdir that has checkpoints."""
 
 
+class CheckpointMismatchError(ValueError):
+    """A workdir's checkpoints hold a model of other shapes than the one being trained (another config)."""
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (disk full, file too large, ...); the previous one is still in place."""
+
+
+_SHAPE_MISMATCH = ("not compatible with the stored shape", "shape mismatch", "Shape mismatch",
+                   "does not match the shape")
+
+
 def _manager(directory: Path, keep: int) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False,
                                            cleanup_tmp_directories=True)
@@ -206,14 +218,29 @@ class TrainCheckpoints:
 
     def save(self, step: int, state, meta: Mapping[str, Any]) -> None:
         if step not in self._latest.all_steps():
-            self._latest.save(step, args=self._args(state, meta), force=True)
+            self._write(self._latest, self.latest_dir, step, state, meta)
 
     def save_best(self, step: int, state, meta: Mapping[str, Any]) -> None:
-        for old in self._best.all_steps():
+        if step in self._best.all_steps():
+            return
+        self._write(self._best, self.best_dir, step, state, meta)
+        for old in self._best.all_steps():           # the new best is complete: only now drop the old one
             if old != step:
                 self._best.delete(old)
-        if step not in self._best.all_steps():
-            self._best.save(step, args=self._args(state, meta), force=True)
+
+    def _write(self, manager, directory: Path, step: int, state, meta) -> None:
+        """One synchronous, atomic save; a failure names the path and the cause and keeps the previous one."""
+        try:
+            manager.save(step, args=self._args(state, meta), force=True)
+        except Exception as e:  # noqa: BLE001 - tensorstore and orbax report I/O failures as many kinds
+            previous = [s for s in manager.all_steps() if s != step]
+            cause = " ".join(str(e).split())[:300] or type(e).__name__
+            raise CheckpointWriteError(
+                f"could not write checkpoint {directory / str(step)}: {cause}. "
+                + (f"The previous checkpoint {directory / str(max(previous))} is still the one a resume uses"
+                   if previous else "No earlier checkpoint exists in " + str(directory))
+                + "; training stopped so that no more steps run unsaved. Free space (or raise the file size "
+                "limit) and start the same command again to resume.") from None
 
     def restore_latest(self, abstract_state):
         """(state, meta) of the newest readable checkpoint, or None when the workdir has none.
@@ -233,6 +260,12 @@ class TrainCheckpoints:
                 return state, dict(restored["meta"])
             except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many kinds
                 path = self.latest_dir / str(step)
+                if any(m in str(e) for m in _SHAPE_MISMATCH):
+                    raise CheckpointMismatchError(
+                        f"{path} holds a model of other shapes than this config builds ("
+                        f"{(str(e).splitlines() or [''])[0][:200]}): it was written by a run of another config. "
+                        "Use another --workdir, or the config this run was started with; nothing was moved "
+                        "or changed.") from None
                 errors.append(f"{path}: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}")
                 bad.append(step)
                 print(f"checkpoint {path} is unreadable ({type(e).__name__}: "

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import difflib
 import os
+import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -117,11 +119,10 @@ def _run(prog: str, argv, define, body) -> int:
         print(f"{prog}: {err}", file=sys.stderr)
         return 2
     try:
-        body(fv)
+        return body(fv, argv) or 0
     except _EXPECTED_ERRORS as err:                      # bad config, data, workdir or input: a message
         print(f"{prog}: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
-    return 0
 
 
 def _advise_allocator(prog: str, platform_name: str) -> None:
@@ -160,14 +161,22 @@ def _define_train(fv: flags.FlagValues, argv: list[str]) -> None:
 
 def train(argv: list[str] | None = None) -> int:
     """``sresformer-train``: trains ``--config`` into ``--workdir`` (resuming it if it has checkpoints)."""
-    def body(fv):
+    def body(fv, argv):
         _init_distributed(fv)
         import jax
 
+        from .training.preemption import Preempted
         from .training.trainer import train_and_evaluate
         _advise_allocator("train.py", jax.default_backend())
         name = Path(fv["config"].config_filename.split(":")[0]).stem
-        train_and_evaluate(fv.config, fv.workdir or os.path.join("runs", name))
+        try:
+            train_and_evaluate(fv.config, fv.workdir or os.path.join("runs", name))
+        except Preempted as p:                           # saved: say where, and how to go on
+            command = shlex.join(argv)
+            command = f"python {command}" if argv[0].endswith(".py") else command
+            print(f"train.py: {p}. Resume with the same command from the same directory: {command}",
+                  file=sys.stderr, flush=True)
+            return 128 + signal.Signals[p.signame].value  # the shell's code for "ended by this signal"
 
     return _run("train.py", argv, _define_train, body)
 
@@ -187,7 +196,7 @@ def _define_eval(fv: flags.FlagValues, argv: list[str]) -> None:
 
 def evaluate(argv: list[str] | None = None) -> int:
     """``sresformer-eval``: held-out accuracy, per-layer firing rates, SOPs and energy of a checkpoint."""
-    def body(fv):
+    def body(fv, argv):
         import jax
 
         from .training.evaluation import evaluate_checkpoint

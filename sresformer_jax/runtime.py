@@ -38,9 +38,9 @@ RETAIN_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THR
 ALLOCATORS = ("system", "huge", "retain", *PRELOADS)
 """Host-allocator settings a launcher can give a process (``allocator_env``)."""
 
-# What the advice says it costs: docs/performance.md, "Host allocator" (spikingresformer_cifar, batch 32, T = 4,
-# 32², float32 training step on a 2-core Sapphire Rapids VM, two interleaved rounds).
-MEASURED_COST = ("a batch-32 training step of spikingresformer_cifar took 1.18× as long as with huge pages and 1.4× "
+# What the advice says it costs: benchmarks/results/host_allocator_cpu.json (spikingresformer_cifar, batch 32, T = 4,
+# 32², float32 training step on a 2-core Sapphire Rapids VM, two interleaved rounds; docs/performance.md).
+MEASURED_COST = ("a batch-32 training step of spikingresformer_cifar took 1.25× as long as with huge pages and 1.34× "
                  "as long as with tcmalloc on a 2-core VM")
 
 
@@ -53,6 +53,14 @@ def accelerator_present() -> bool:
     if os.environ.get("JAX_PLATFORMS", "").strip().lower() == "cpu":
         return False
     return any(os.path.exists(p) for p in _ACCELERATOR_NODES)
+
+
+def rss_bytes() -> int:
+    """This process's resident set size now (Linux ``/proc/self/statm``; 0 where there is none)."""
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def huge_pages_unavailable() -> str | None:
@@ -149,4 +157,4 @@ def allocator_advice(platform_name: str, env: dict[str, str] | None = None) -> s
 
 __all__ = ["ALLOCATORS", "MEASURED_COST", "PRELOADS", "RETAIN_ENV", "TUNABLE", "accelerator_present",
            "allocator_advice", "allocator_env", "describe", "find_library", "huge_pages_active",
-           "huge_pages_unavailable", "preloaded_allocator", "with_huge_pages"]
+           "huge_pages_unavailable", "preloaded_allocator", "rss_bytes", "with_huge_pages"]

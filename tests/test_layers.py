@@ -37,8 +37,10 @@ CASES = {
     "folded_TB": ((3, 2, 6, 5, 8), 3, 1, 1, 2, 8),                  # [T, B, H, W, C]
     "folded_TB_patch": ((3, 2, 8, 8, 4), 2, 2, 0, 1, 6),
 }
-# float32 on a few cases only (each case compiles two programs, which dominates this file's run time)
+# float32 on a few cases only (each case compiles two programs, which dominates this file's run time); the same
+# cases stand for every shape class in the fast subset (pytest -m "not slow"), the others are marked slow
 F32_CASES = ("3x3_s1_p1_sum", "3x3_s2_p1_odd", "1x1", "patch_p4", "grouped_g4", "folded_TB")
+ALL_CASES = [c if c in F32_CASES else pytest.param(c, marks=pytest.mark.slow) for c in sorted(CASES)]
 
 
 def _normal(shape, dtype, seed=0):
@@ -82,7 +84,7 @@ def _compare(case, dtype, tol, impl="slices", spikes=False, binary=False):
         assert err <= tol, f"{case} {name}: relative error {err:.2e} > {tol:.0e}"
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("case", ALL_CASES)
 def test_slices_equals_xla_float64(case, x64):
     _compare(case, jnp.float64, 1e-12)
 
@@ -93,7 +95,7 @@ def test_slices_equals_xla_float32(case):
 
 
 @pytest.mark.parametrize("spikes", [True, False], ids=["spikes", "dense"])
-@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("case", ALL_CASES)
 def test_events_equals_xla_float64(case, spikes, x64, event_kernels):
     """The event kernels (forward and dK) with XLA's dx equal XLA's convolution in value and gradients, for
     spikes (read as bytes, ``binary``, as the model's convolutions do) and for dense real inputs (zeros are

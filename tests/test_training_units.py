@@ -79,6 +79,7 @@ def _mix_cfg(**kw):
     return ml_collections.ConfigDict(dict(dict(mixup_alpha=0.2, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5), **kw))
 
 
+@pytest.mark.slow
 def test_mixup_cutmix_properties():
     x = jax.random.normal(jax.random.PRNGKey(0), (8, 16, 16, 3))
     y = smooth_targets(jnp.arange(8) % 4, 4, 0.1)

@@ -30,7 +30,8 @@ def cifar_config(name: str, transfer: bool) -> ml_collections.ConfigDict:
         name=name, data_dir=ml_collections.config_dict.placeholder(str), img_size=img,
         train_scale=(1.0, 1.0), train_ratio=(1.0, 1.0), interpolation="bicubic", hflip=0.5,
         randaugment=randaug, crop_pct=1.0, mean=mean, std=std,
-        source="auto", workers=-1))   # auto: train/ class folders if present, else TFDS; -1: all cores
+        source="auto", workers=-1,    # auto: train/ class folders if present, else TFDS; -1: all cores
+        skip_corrupt=False))          # True: skip (and count) damaged image files instead of stopping
     c.batch_size = 128
     c.eval_batch_size = 256
     c.loss.label_smoothing = 0.1

@@ -33,6 +33,7 @@ def dvs_config(name: str, transfer: bool) -> ml_collections.ConfigDict:
     c.dataset = ml_collections.ConfigDict(dict(
         name=name, data_dir=ml_collections.config_dict.placeholder(str), img_size=img, T=T,
         split_by="number", augment="dvs", workers=-1,
+        skip_corrupt=False,           # True: leave out (and count) samples whose raw file is damaged
         split_file=ml_collections.config_dict.placeholder(str)))   # CIFAR10-DVS: None = the official split
     c.eval_batch_size = 16 if T == 16 else 48
     c.loss.label_smoothing = 0.0

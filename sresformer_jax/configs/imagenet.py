@@ -37,7 +37,8 @@ def get_config(arg="ti"):
         name="imagenet2012", data_dir=ml_collections.config_dict.placeholder(str), img_size=224,
         train_scale=(0.08, 1.0), train_ratio=(3 / 4, 4 / 3), interpolation="bicubic", hflip=0.5,
         randaugment=randaug, crop_pct=0.95, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
-        source="auto", workers=-1))   # auto: train/ + val/ class folders if present, else TFDS; -1: all cores
+        source="auto", workers=-1,    # auto: train/ + val/ class folders if present, else TFDS; -1: all cores
+        skip_corrupt=False))          # True: skip (and count) damaged image files instead of stopping
     c.batch_size = batch
     c.eval_batch_size = 256
     c.optim.update(lr=lr, weight_decay=0.01, epochs=320)

@@ -4,7 +4,7 @@
 loaders are ``digits``, ``images`` (TFDS or class folders, timm transforms, RandAugment) and ``dvs`` (event
 files, SpikingJelly frames).
 """
-from .base import DatasetNotFoundError, InMemoryData, StepIndexedData
+from .base import DataFileError, DatasetNotFoundError, InMemoryData, StepIndexedData
 from .registry import get_dataset, register
 
-__all__ = ["DatasetNotFoundError", "InMemoryData", "StepIndexedData", "get_dataset", "register"]
+__all__ = ["DataFileError", "DatasetNotFoundError", "InMemoryData", "StepIndexedData", "get_dataset", "register"]

@@ -24,6 +24,35 @@ class DatasetNotFoundError(FileNotFoundError):
     """A dataset directory is missing or incomplete; the message says how to prepare it."""
 
 
+class DataFileError(ValueError):
+    """A file of the dataset is damaged (truncated, corrupt, empty); the message names it and what is wrong."""
+
+    def __init__(self, path, problem: str):
+        super().__init__(f"{path}: {problem}. Replace or delete the file, or set --config.dataset.skip_corrupt=True "
+                         "to skip damaged files (each skip is counted in metrics.jsonl)")
+        self.path, self.problem = str(path), problem
+
+
+class SkippedFiles:
+    """The damaged files a dataset skipped (``dataset.skip_corrupt``), safe to note from loader threads."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._paths: dict[str, str] = {}
+
+    def note(self, err: DataFileError) -> None:
+        with self._lock:
+            self._paths.setdefault(err.path, err.problem)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._paths)
+
+    def items(self) -> list[tuple[str, str]]:
+        with self._lock:
+            return sorted(self._paths.items())
+
+
 class StepIndexedData(abc.ABC):
     """Rows of a training set of ``num_train`` examples and a test set of ``num_test``, batched by step.
 
@@ -43,6 +72,7 @@ class StepIndexedData(abc.ABC):
         self.process_index, self.process_count = process_index, process_count
         self.steps_per_epoch = num_train // global_batch
         self.workers = workers
+        self.skipped = SkippedFiles()
         self._perm_cache: dict[int, np.ndarray] = {}
         self._lock = threading.Lock()
 
@@ -89,7 +119,9 @@ class StepIndexedData(abc.ABC):
 
     def _eval_batch(self, rows_mask) -> dict[str, np.ndarray]:
         rows, mask = rows_mask
-        return {**self.load_eval(rows), "mask": mask.astype(np.float32)}
+        batch = self.load_eval(rows)
+        valid = batch.pop("valid", None)                 # rows whose file was skipped count for nothing
+        return {**batch, "mask": (mask if valid is None else mask & valid).astype(np.float32)}
 
     # -- iteration --
     def _prefetch(self, items, fn):

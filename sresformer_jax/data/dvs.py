@@ -24,13 +24,14 @@ import hashlib
 import json
 import os
 import struct
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from .events import frames_by_number, model_input
-from .base import DatasetNotFoundError, StepIndexedData
+from .base import DataFileError, DatasetNotFoundError, StepIndexedData
 
 CIFAR10_DVS_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 SPLIT_DIR = Path(__file__).parent / "splits"
@@ -48,7 +49,13 @@ def read_cifar10_dvs(path: str | Path) -> dict[str, np.ndarray]:
                           "(or pip install -r requirements.txt)") from err
 
     version, start, _ = read_aedat_header_from_file(str(path))
+    size = os.path.getsize(path)
+    if (size - start) % 8:       # an event is 8 bytes: the file was cut inside one (tonic would drop it silently)
+        raise DataFileError(path, f"truncated AEDAT 2.0 file: {size - start} bytes of events after the header is "
+                                  "not a whole number of 8-byte events")
     ev = get_aer_events_from_file(str(path), version, start)
+    if len(ev) == 0:
+        raise DataFileError(path, "an AEDAT 2.0 file without events")
     addr = ev["address"].astype(np.int64)
     x_raw, y_raw, p_raw = (addr & 0xFE) >> 1, (addr & 0x7F00) >> 8, addr & 1
     return {"t": ev["timeStamp"].astype(np.int64), "x": 127 - y_raw, "y": 127 - x_raw, "p": 1 - p_raw}
@@ -65,10 +72,17 @@ def read_aedat3(path: str | Path) -> dict[str, np.ndarray]:
         data = f.read()
     out = {k: [] for k in "txyp"}
     pos = 0
-    while pos + 28 <= len(data):
+    while pos < len(data):
+        if pos + 28 > len(data):
+            raise DataFileError(path, f"truncated AEDAT 3.1 file: {len(data) - pos} bytes at the end are less than "
+                                      "a 28-byte packet header")
         e_type, = struct.unpack_from("<H", data, pos)
         e_size, = struct.unpack_from("<I", data, pos + 4)
         overflow, capacity = struct.unpack_from("<II", data, pos + 12)
+        if pos + 28 + capacity * e_size > len(data):
+            raise DataFileError(path, f"truncated AEDAT 3.1 file: the packet at byte {pos} holds {capacity} events "
+                                      f"of {e_size} bytes, but the file ends {pos + 28 + capacity * e_size - len(data)} "
+                                      "bytes early")
         body = data[pos + 28:pos + 28 + capacity * e_size]
         pos += 28 + capacity * e_size
         if e_type != 1 or e_size < 8:
@@ -80,7 +94,9 @@ def read_aedat3(path: str | Path) -> dict[str, np.ndarray]:
         out["y"].append((aer >> 2) & 0x7FFF)
         out["p"].append((aer >> 1) & 1)
         out["t"].append(ts | (int(overflow) << 31))
-    return {k: np.concatenate(v) if v else np.zeros(0, np.int64) for k, v in out.items()}
+    if not out["t"]:
+        raise DataFileError(path, "an AEDAT 3.1 file without polarity events")
+    return {k: np.concatenate(v) for k, v in out.items()}
 
 
 # ------------------------------------------------------------------------------------------------ splits
@@ -199,10 +215,12 @@ def _write_npz(path: Path, frames: np.ndarray) -> None:
 
 
 def build_frame_cache(name: str, data_dir: str, T: int, samples: dict[str, list], workers: int = 0,
-                      log=print) -> Path:
+                      log=print, skip_corrupt: bool = False) -> tuple[Path, list[DataFileError]]:
     """Integrates every sample once into ``data_dir/frames_number_{T}/{part}/{name}.npz`` (each written
     atomically; only missing ones are built, so an interrupted build is completed next time); a manifest
-    is written last. Safe against concurrent builders (file lock)."""
+    is written last. Safe against concurrent builders (file lock). A damaged raw file raises ``DataFileError``,
+    or with ``skip_corrupt`` is left out (its sample gets no frames; it is tried again next time): returns the
+    cache directory and those errors."""
     cache = Path(data_dir) / f"frames_number_{T}"
     manifest = cache / "manifest.json"
     cache.mkdir(parents=True, exist_ok=True)
@@ -216,34 +234,53 @@ def build_frame_cache(name: str, data_dir: str, T: int, samples: dict[str, list]
                     out.parent.mkdir(parents=True, exist_ok=True)
                     todo.append((out, p, w))
         if not todo and manifest.is_file():
-            return cache
+            return cache, []
         manifest.unlink(missing_ok=True)
         log(f"{name}: integrating {len(todo)} samples into {T} frames each → {cache} (once)")
 
         def one(job):
             out, p, w = job
-            _write_npz(out, _integrate(name, p, w, T))
+            try:
+                _write_npz(out, _integrate(name, p, w, T))
+            except DataFileError as err:
+                if not skip_corrupt:
+                    raise
+                return err
+            return None
 
+        skipped = []
         with ThreadPoolExecutor(max(workers, 1)) as pool:
-            for i, _ in enumerate(pool.map(one, todo)):
+            for i, err in enumerate(pool.map(one, todo)):
+                if err is not None:
+                    skipped.append(err)
                 if (i + 1) % 500 == 0:
                     log(f"  {i + 1}/{len(todo)}")
-        manifest.write_text(json.dumps({"dataset": name, "T": T, "split_by": "number",
-                                        "counts": {k: len(v) for k, v in samples.items()}}))
-    return cache
+        if not skipped:
+            manifest.write_text(json.dumps({"dataset": name, "T": T, "split_by": "number",
+                                            "counts": {k: len(v) for k, v in samples.items()}}))
+    return cache, skipped
 
 
 def load_frames(path: str | Path) -> np.ndarray:
-    with np.load(path, allow_pickle=False) as z:
-        return z["frames"].astype(np.float32)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return z["frames"].astype(np.float32)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        raise DataFileError(path, f"a damaged frame-cache file ({type(e).__name__}: {e}); delete it and it is "
+                                  "rebuilt from its raw file") from None
 
 
 # ----------------------------------------------------------------------------------------------- dataset
 class EventData(StepIndexedData):
     """Float32 ``[B, T, size, size, 3]`` batches of cached frames (DVSAugment on training batches)."""
 
-    def __init__(self, cache: Path, samples: dict[str, list], dataset_config, **kw):
+    def __init__(self, cache: Path, samples: dict[str, list], dataset_config, skipped=(), **kw):
+        """``skipped``: the ``DataFileError`` of every sample the frame cache left out (``skip_corrupt``)."""
+        bad = {e.path for e in skipped}
+        samples = {k: [s for s in v if s[1] not in bad] for k, v in samples.items()}
         super().__init__(len(samples["train"]), len(samples["test"]), **kw)
+        for err in skipped:
+            self.skipped.note(err)
         self.cfg = dataset_config
         self.train = [(cache / "train" / f"{n}.npz", lab) for n, _, _, lab in samples["train"]]
         self.test = [(cache / "test" / f"{n}.npz", lab) for n, _, _, lab in samples["test"]]
@@ -278,8 +315,9 @@ def load_events(dataset_config, workers: int = 0, **kw) -> EventData:
     if dataset_config.get("split_by", "number") != "number":
         raise ValueError("config.dataset.split_by: only 'number' (the official integration) is implemented")
     samples = dataset_samples(name, data_dir, dataset_config.get("split_file"))
-    cache = build_frame_cache(name, data_dir, dataset_config.T, samples, workers)
-    return EventData(cache, samples, dataset_config, num_classes=10 if name == "cifar10_dvs" else 11,
+    cache, skipped = build_frame_cache(name, data_dir, dataset_config.T, samples, workers,
+                                       skip_corrupt=dataset_config.get("skip_corrupt", False))
+    return EventData(cache, samples, dataset_config, skipped, num_classes=10 if name == "cifar10_dvs" else 11,
                      workers=workers, **kw)
 
 
@@ -294,7 +332,10 @@ def main(argv=None) -> None:
         samples = dataset_samples(a.dataset, a.data_dir)
     except DatasetNotFoundError as e:
         raise SystemExit(f"error: {e}")
-    print(build_frame_cache(a.dataset, a.data_dir, a.T, samples, a.workers))
+    try:
+        print(build_frame_cache(a.dataset, a.data_dir, a.T, samples, a.workers)[0])
+    except DataFileError as e:
+        raise SystemExit(f"error: {e}")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .base import DatasetNotFoundError, StepIndexedData
+from .base import DataFileError, DatasetNotFoundError, StepIndexedData
 from .randaugment import parse_randaugment
 from .transforms import eval_image, train_image
 
@@ -93,18 +93,25 @@ class FolderSource:
         self.classes = classes or sorted(d.name for d in os.scandir(root) if d.is_dir())
         self.samples = []
         for label, cls in enumerate(self.classes):
+            before = len(self.samples)
             for dirpath, _, files in sorted(os.walk(self.root / cls, followlinks=True)):
                 for f in sorted(files):
                     if f.lower().endswith(IMG_EXTENSIONS):
                         self.samples.append((os.path.join(dirpath, f), label))
+            if len(self.samples) == before:          # would shift every later class's label: never skipped
+                raise DatasetNotFoundError(f"{self.root / cls}: an empty class folder (no {', '.join(IMG_EXTENSIONS)} "
+                                           "files); put its images back, or remove the folder from every split")
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, i: int) -> dict:
         path, label = self.samples[int(i)]
-        with Image.open(path) as img:
-            return {"image": img.convert("RGB"), "label": label}
+        try:
+            with Image.open(path) as img:
+                return {"image": img.convert("RGB"), "label": label}     # decodes the whole file now
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+            raise DataFileError(path, f"cannot decode the image ({type(e).__name__}: {e})") from None
 
 
 def folder_sources(data_dir: str, name: str) -> tuple[FolderSource, FolderSource]:
@@ -114,13 +121,14 @@ def folder_sources(data_dir: str, name: str) -> tuple[FolderSource, FolderSource
         raise DatasetNotFoundError(
             f"config.dataset.data_dir={data_dir}: the class-folder layout needs {root}/train/<class>/ and "
             f"{root}/val/<class>/ (or test/).\n{_prepare_steps(name, data_dir)}")
-    train = FolderSource(root / "train")
-    test_classes = sorted(d.name for d in os.scandir(test_dir) if d.is_dir())
-    if test_classes != train.classes:
-        extra = sorted(set(test_classes) ^ set(train.classes))
+    train_classes, test_classes = (sorted(d.name for d in os.scandir(p) if d.is_dir()) for p in (root / "train",
+                                                                                                  test_dir))
+    if test_classes != train_classes:
+        extra = sorted(set(test_classes) ^ set(train_classes))
         raise DatasetNotFoundError(f"{root}/train and {test_dir} have different class folders (only in one of "
                                    f"them: {extra[:10]}{' …' if len(extra) > 10 else ''}); copy the dataset again")
-    test = FolderSource(test_dir, train.classes)
+    train = FolderSource(root / "train", train_classes)
+    test = FolderSource(test_dir, train_classes)
     for src, d in ((train, root / "train"), (test, test_dir)):
         if len(src) == 0:
             raise DatasetNotFoundError(f"{d} has class folders but no images ({', '.join(IMG_EXTENSIONS)})")
@@ -142,16 +150,32 @@ class ImageData(StepIndexedData):
     def input_shape(self) -> tuple[int, ...]:
         return (self.cfg.img_size, self.cfg.img_size, 3)
 
+    def _read(self, source, row: int, substitute: bool):
+        """``source[row]``; a damaged file raises ``DataFileError`` unless ``dataset.skip_corrupt``: then it is
+        counted and (``substitute``) the next readable row stands in for it, else None."""
+        for k in range(len(source)):
+            try:
+                return source[(row + k) % len(source)]
+            except DataFileError as err:
+                if not self.cfg.get("skip_corrupt", False):
+                    raise
+                self.skipped.note(err)
+                if not substitute:
+                    return None
+        raise DataFileError(getattr(source, "root", "the dataset"), "no file of this split can be read")
+
     def load_train(self, rows, step, positions):
-        out = [self.train_source[r] for r in rows]
+        out = [self._read(self.train_source, r, substitute=True) for r in rows]
         images = [train_image(o["image"], self.example_rng(step, p), self.cfg, self.randaugment)
                   for o, p in zip(out, positions)]
         return {"image": np.stack(images), "label": np.array([o["label"] for o in out], np.int32)}
 
     def load_eval(self, rows):
-        out = [self.test_source[r] for r in rows]
-        return {"image": np.stack([eval_image(o["image"], self.cfg) for o in out]),
-                "label": np.array([o["label"] for o in out], np.int32)}
+        out = [self._read(self.test_source, r, substitute=False) for r in rows]
+        valid = np.array([o is not None for o in out])
+        blank = np.zeros(self.input_shape, np.float32)
+        return {"image": np.stack([eval_image(o["image"], self.cfg) if o is not None else blank for o in out]),
+                "label": np.array([o["label"] if o is not None else 0 for o in out], np.int32), "valid": valid}
 
 
 def load_images(dataset_config, **kw) -> ImageData:

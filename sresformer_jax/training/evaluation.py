@@ -91,12 +91,18 @@ def evaluate_checkpoint(workdir: str | Path, checkpoint_path: str | Path | None 
     from .trainer import build_model, check_data_fits
 
     workdir = Path(workdir).absolute()
-    step_dir = None if checkpoint_path else checkpoint.find_train_checkpoint(workdir, which)
-    if not checkpoint_path and step_dir is None:
-        raise FileNotFoundError(f"no checkpoint in {workdir} (expected {workdir}/best/<step> or {workdir}/checkpoints/"
-                                f"<step>); train first (python train.py --workdir={workdir}) or pass "
-                                "--checkpoint=PATH with --config=...")
-    model_cfg, variables = checkpoint.load_variables(step_dir or checkpoint_path)
+    for attempt in range(3):     # a run that is training may delete an old checkpoint while it is being read
+        step_dir = None if checkpoint_path else checkpoint.find_train_checkpoint(workdir, which)
+        if not checkpoint_path and step_dir is None:
+            raise FileNotFoundError(f"no checkpoint in {workdir} (expected {workdir}/best/<step> or "
+                                    f"{workdir}/checkpoints/<step>); train first (python train.py "
+                                    f"--workdir={workdir}) or pass --checkpoint=PATH with --config=...")
+        try:
+            model_cfg, variables = checkpoint.load_variables(step_dir or checkpoint_path)
+            break
+        except Exception:  # noqa: BLE001 - orbax/tensorstore errors of a directory removed mid-read
+            if checkpoint_path or step_dir.exists() or attempt == 2:
+                raise
     if config is None:
         stored = checkpoint.load_train_meta(step_dir).get("config") if step_dir else None
         if stored is None:

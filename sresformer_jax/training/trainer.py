@@ -8,11 +8,13 @@ RNG; the data position is the step).
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import math
 import os
 import socket
+import sys
 import time
 from pathlib import Path
 
@@ -23,9 +25,12 @@ import numpy as np
 from .. import checkpoint, trees
 from ..data import get_dataset
 from ..model import SpikingResformer
+from ..runtime import rss_bytes
 from .evaluation import evaluate
 from .logging import MetricLogger, plot_curves
+from . import run_config
 from .optim import make_optimizer
+from .preemption import Preempted, PreemptionWatcher
 from .state import TrainState, create_train_state
 from .steps import global_batch, jit_steps, make_mesh, shardings
 
@@ -139,7 +144,25 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
         return _train_and_evaluate(config, workdir)
 
 
+def _stored_config(workdir: Path) -> dict | None:
+    """The config a workdir's run was started with: ``WORKDIR/config.json``, or (a workdir without one) the one in
+    its newest readable checkpoint's metadata."""
+    stored = run_config.load(workdir)
+    if stored is not None:
+        return stored
+    step_dir = checkpoint.find_train_checkpoint(workdir, "latest")
+    try:
+        return checkpoint.load_train_meta(step_dir).get("config") if step_dir else None
+    except Exception:  # noqa: BLE001 - unreadable: restore_latest reports it (and falls back) as it always did
+        return None
+
+
 def _train_and_evaluate(config, workdir: Path) -> dict:
+    config_dict = json.loads(config.to_json())
+    resuming = checkpoint.find_train_checkpoint(workdir, "latest") is not None
+    changed = run_config.check(workdir, config_dict, _stored_config(workdir) if resuming else None)
+    if jax.process_index() == 0:
+        run_config.save(workdir, config_dict)
     mesh = make_mesh()
     replicated, data_sharding = shardings(mesh)
     data = get_dataset(config, jax.process_index(), jax.process_count())
@@ -148,9 +171,16 @@ def _train_and_evaluate(config, workdir: Path) -> dict:
     steps_per_epoch = data.steps_per_epoch
     total_steps = config.optim.epochs * steps_per_epoch if config.total_steps <= 0 else config.total_steps
     tx, schedule = make_optimizer(config.optim, steps_per_epoch)
-
     init = jax.jit(lambda rng: create_train_state(model, tx, rng, data.input_shape), out_shardings=replicated)
-    ckpts = checkpoint.TrainCheckpoints(workdir, keep=config.keep_checkpoints)
+    with contextlib.ExitStack() as stack:            # every exit path closes the checkpointers and writers
+        ckpts = checkpoint.TrainCheckpoints(workdir, keep=config.keep_checkpoints)
+        stack.callback(ckpts.close)
+        return _loop(config, workdir, stack, ckpts, model, data, tx, schedule, init, mesh, replicated,
+                     data_sharding, steps_per_epoch, total_steps, changed)
+
+
+def _loop(config, workdir, stack, ckpts, model, data, tx, schedule, init, mesh, replicated, data_sharding,
+          steps_per_epoch, total_steps, changed) -> dict:
     abstract = jax.eval_shape(init, jax.random.PRNGKey(config.seed))
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), abstract)
     restored = ckpts.restore_latest(abstract)
@@ -167,11 +197,15 @@ def _train_and_evaluate(config, workdir: Path) -> dict:
 
     p_train, p_eval = jit_steps(model, tx, schedule, config, mesh)
     log = MetricLogger(workdir, total_steps, start, progress=config.progress_bar)
+    stack.callback(log.close)
+    preemption = stack.enter_context(PreemptionWatcher())
     model_cfg = model.config()
     log.message(f"{'resuming at step ' + str(start) if resumed else 'training'} {config.model_name} "
                 f"({sum(x.size for x in jax.tree.leaves(state.params)):,} params) on {jax.device_count()} "
                 f"{jax.devices()[0].platform} device(s), {jax.process_count()} process(es); conv_impl "
                 f"{describe_lowering(model)}; {steps_per_epoch} steps/epoch, {total_steps} steps; workdir {workdir}")
+    for line in changed if resumed else []:
+        log.message(f"resuming with a changed {line}")
 
     def meta(step, **extra):
         return {"step": step, "epoch": step / steps_per_epoch, "data_position": {
@@ -198,42 +232,49 @@ def _train_and_evaluate(config, workdir: Path) -> dict:
                     f"checkpoint ({ckpts.latest_dir}) was not overwritten; lower optim.lr or check the data.")
         pulled.extend(values)
 
-    try:
-        while step < total_steps:
-            batch = global_batch(next(it), data_sharding)
-            state, metrics = p_train(state, batch)
-            step += 1
-            pending.append(metrics)
-            end_of_epoch = step % steps_per_epoch == 0
-            evaluate_now = (end_of_epoch and (step // steps_per_epoch) % config.eval_every_epochs == 0
-                            ) or step == total_steps
-            save_now = step % config.checkpoint_every_steps == 0 or step == total_steps
-            if step % config.log_every_steps == 0 or evaluate_now or save_now:
-                pull()
-            if step % config.log_every_steps == 0 or step == total_steps:
-                n = len(pulled)
-                mean = {k: sum(float(m[k]) for m in pulled) / n for k in pulled[0]}
-                mean["img_per_s"] = n * config.batch_size / (time.time() - t_log)
-                pulled = []
-                log.write(step, "train", mean)
-                log.progress(n, loss=mean["loss"], acc=mean["top1"], lr=mean["lr"],
-                             img_s=round(mean["img_per_s"], 1))
-                last, t_log = mean, time.time()
-            t_pause = time.time()
-            if evaluate_now:
-                test = evaluate(p_eval, state.variables(), data.eval_batches(), mesh)
-                log.write(step, "test", test)
-                log.message(f"step {step} (epoch {step / steps_per_epoch:.2f}): held-out top-1 "
-                            f"{100 * test['top1']:.2f} %, top-5 {100 * test['top5']:.2f} %, loss {test['loss']:.4f}")
-                if test["top1"] > best_top1:
-                    best_top1 = test["top1"]
-                    ckpts.save_best(step, state, meta(step, test=test))
-            if save_now:
-                ckpts.save(step, state, meta(step, test=test))
-            t_log += time.time() - t_pause          # img/s counts training time only
-    finally:
-        ckpts.close()
-        log.close()
+    while step < total_steps:
+        batch = global_batch(next(it), data_sharding)
+        state, metrics = p_train(state, batch)
+        step += 1
+        pending.append(metrics)
+        end_of_epoch = step % steps_per_epoch == 0
+        evaluate_now = (end_of_epoch and (step // steps_per_epoch) % config.eval_every_epochs == 0
+                        ) or step == total_steps
+        preempted = preemption.reached(step)
+        save_now = step % config.checkpoint_every_steps == 0 or step == total_steps or preempted
+        if step % config.log_every_steps == 0 or evaluate_now or save_now:
+            pull()
+        if step % config.log_every_steps == 0 or step == total_steps or (preempted and pulled):
+            n = len(pulled)
+            mean = {k: sum(float(m[k]) for m in pulled) / n for k in pulled[0]}
+            mean["img_per_s"] = n * config.batch_size / (time.time() - t_log)
+            mean["host_rss_mib"] = rss_bytes() / 2**20                # memory growth shows up in metrics.jsonl
+            if len(data.skipped):
+                mean["skipped_files"] = len(data.skipped)             # damaged files so far (skip_corrupt)
+            pulled = []
+            log.write(step, "train", mean)
+            log.progress(n, loss=mean["loss"], acc=mean["top1"], lr=mean["lr"],
+                         img_s=round(mean["img_per_s"], 1))
+            last, t_log = mean, time.time()
+        t_pause = time.time()
+        if evaluate_now:
+            test = evaluate(p_eval, state.variables(), data.eval_batches(), mesh)
+            log.write(step, "test", test)
+            log.message(f"step {step} (epoch {step / steps_per_epoch:.2f}): held-out top-1 "
+                        f"{100 * test['top1']:.2f} %, top-5 {100 * test['top5']:.2f} %, loss {test['loss']:.4f}")
+            if test["top1"] > best_top1:
+                best_top1 = test["top1"]
+                ckpts.save_best(step, state, meta(step, test=test))
+        if save_now:
+            ckpts.save(step, state, meta(step, test=test))
+        if preempted:
+            raise Preempted(preemption.signame, step, str(ckpts.latest_dir / str(step)))
+        t_log += time.time() - t_pause          # img/s counts training time only
+    stack.close()
+    if len(data.skipped):
+        shown = "; ".join(f"{p}: {why}" for p, why in data.skipped.items()[:3])
+        print(f"skipped {len(data.skipped)} damaged file(s) (dataset.skip_corrupt): {shown}"
+              f"{' …' if len(data.skipped) > 3 else ''}", file=sys.stderr)
     curves = plot_curves(workdir) if jax.process_index() == 0 else None
     if jax.process_index() == 0:
         print(json.dumps({"final_test": test, "best_top1": best_top1, "train": last,
