@@ -12,8 +12,11 @@ Layout (an orbax composite checkpoint, written synchronously and atomically)::
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import re
 import shutil
 import sys
 import uuid
@@ -192,13 +195,50 @@ class CheckpointWriteError(RuntimeError):
 
 
 _SHAPE_MISMATCH = ("not compatible with the stored shape", "shape mismatch", "Shape mismatch",
-                   "does not match the shape")
+                   "does not match the shape", "tree structures do not match")     # another model, not damage
 
 
 def _manager(directory: Path, keep: int) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False,
                                            cleanup_tmp_directories=True)
     return ocp.CheckpointManager(directory, options=options, item_names=TRAIN_ITEMS)
+
+
+def _io_cause(err: Exception) -> str:
+    """A save error in a few words: the operating system's reason when tensorstore's message names one (its
+    messages are long and put it last), else the start of the message."""
+    text = " ".join(str(err).split())
+    os_error = re.search(r"\[OS error(?: \d+)?: ([^\]]+)\]", text) or re.search(
+        r"(No space left on device|File too large|Disk quota exceeded|Read-only file system|Permission denied)", text)
+    head = text[:200] + ("…" if len(text) > 200 else "")
+    return f"{os_error.group(1)} ({head})" if os_error else (head or type(err).__name__)
+
+
+@contextlib.contextmanager
+def _orbax_errors_reported_here():
+    """While saving, orbax logs a failed write at ERROR with a traceback from each of its writer threads; the
+    caller reports the failure itself, once, so those logs are held back (absl's level is restored after)."""
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        absl.setLevel(level)
+
+
+def quiet_closed_loop_callbacks() -> None:
+    """Drops the "Event loop is closed" errors that tensorstore's write callbacks raise into orbax's per-save event
+    loop after a failed save has closed it (hundreds of identical tracebacks at exit otherwise); every other
+    unraisable exception still reaches the previous hook."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        if isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    sys.unraisablehook = hook
 
 
 class TrainCheckpoints:
@@ -231,10 +271,15 @@ class TrainCheckpoints:
     def _write(self, manager, directory: Path, step: int, state, meta) -> None:
         """One synchronous, atomic save; a failure names the path and the cause and keeps the previous one."""
         try:
-            manager.save(step, args=self._args(state, meta), force=True)
+            with _orbax_errors_reported_here():
+                manager.save(step, args=self._args(state, meta), force=True)
         except Exception as e:  # noqa: BLE001 - tensorstore and orbax report I/O failures as many kinds
             previous = [s for s in manager.all_steps() if s != step]
-            cause = " ".join(str(e).split())[:300] or type(e).__name__
+            cause = _io_cause(e)
+            # The failure is reported once, below; the writer tasks that failed beside the first one would each
+            # log their own traceback when collected (asyncio's "exception was never retrieved"), orbax's too.
+            for name in ("asyncio", "absl"):
+                logging.getLogger(name).setLevel(logging.CRITICAL)
             raise CheckpointWriteError(
                 f"could not write checkpoint {directory / str(step)}: {cause}. "
                 + (f"The previous checkpoint {directory / str(max(previous))} is still the one a resume uses"
@@ -262,7 +307,7 @@ class TrainCheckpoints:
                 path = self.latest_dir / str(step)
                 if any(m in str(e) for m in _SHAPE_MISMATCH):
                     raise CheckpointMismatchError(
-                        f"{path} holds a model of other shapes than this config builds ("
+                        f"{path} holds a model of other shapes or structure than this config builds ("
                         f"{(str(e).splitlines() or [''])[0][:200]}): it was written by a run of another config. "
                         "Use another --workdir, or the config this run was started with; nothing was moved "
                         "or changed.") from None

@@ -165,9 +165,11 @@ def train(argv: list[str] | None = None) -> int:
         _init_distributed(fv)
         import jax
 
+        from .checkpoint import quiet_closed_loop_callbacks
         from .training.preemption import Preempted
         from .training.trainer import train_and_evaluate
         _advise_allocator("train.py", jax.default_backend())
+        quiet_closed_loop_callbacks()
         name = Path(fv["config"].config_filename.split(":")[0]).stem
         try:
             train_and_evaluate(fv.config, fv.workdir or os.path.join("runs", name))
@@ -199,8 +201,10 @@ def evaluate(argv: list[str] | None = None) -> int:
     def body(fv, argv):
         import jax
 
+        from .checkpoint import quiet_closed_loop_callbacks
         from .training.evaluation import evaluate_checkpoint
         _advise_allocator("eval.py", jax.default_backend())
+        quiet_closed_loop_callbacks()
         r = evaluate_checkpoint(fv.workdir, fv.checkpoint, fv.config, fv.which, fv.conv_impl)
         rates = r["firing_rates"]
         print(f"checkpoint     {r['checkpoint']}")

@@ -135,7 +135,7 @@ def test_resuming_with_another_model_config_is_refused_naming_the_fields(straigh
     err = out.stderr
     assert "config.model.planes: [16, 32, 64] → [8, 16, 32]" in err and "config.optim.lr: 0.002 → 0.001" in err
     assert "--workdir" in err and "--config.model.planes='(16,32,64)'" in err
-    assert "unreadable" not in err and "corrupt" not in err.lower() and "Traceback" not in err
+    assert "unreadable" not in err and "corrupt_checkpoints" not in err and "Traceback" not in err
     assert len(err.splitlines()) < 20, err
     assert sorted(str(p.relative_to(work)) for p in work.rglob("*")) == before        # nothing moved or written
     # the fields that may change on resume, may
@@ -145,14 +145,17 @@ def test_resuming_with_another_model_config_is_refused_naming_the_fields(straigh
     assert json.loads((work / "config.json").read_text())["log_every_steps"] == 1
 
 
+# tensorstore's callbacks into the failed restore's closed event loop (train.py/eval.py drop them:
+# checkpoint.quiet_closed_loop_callbacks)
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_a_shape_mismatch_on_restore_is_not_called_corruption(straight, tmp_path):
     """Restoring a workdir's checkpoints into a model of other shapes (what a changed config would do, were it not
     caught first) names the mismatch and moves nothing aside."""
     import jax
-    import optax
 
     from sresformer_jax import checkpoint
     from sresformer_jax.configs import quickstart
+    from sresformer_jax.training.optim import make_optimizer
     from sresformer_jax.training.state import create_train_state
     from sresformer_jax.training.trainer import build_model
     wd, _ = straight
@@ -161,7 +164,8 @@ def test_a_shape_mismatch_on_restore_is_not_called_corruption(straight, tmp_path
     cfg = quickstart.get_config()
     cfg.model.planes = (8, 16, 32)
     model = build_model(cfg.model.to_dict(), conv_impl="xla")
-    abstract = jax.eval_shape(lambda: create_train_state(model, optax.adamw(1e-3), jax.random.PRNGKey(0), (8, 8, 1)))
+    tx, _ = make_optimizer(cfg.optim, steps_per_epoch=89)
+    abstract = jax.eval_shape(lambda: create_train_state(model, tx, jax.random.PRNGKey(0), (8, 8, 1)))
     ckpts = checkpoint.TrainCheckpoints(work)
     try:
         with pytest.raises(checkpoint.CheckpointMismatchError, match="other shapes"):
@@ -180,7 +184,8 @@ def test_an_unknown_override_is_one_line_with_the_nearest_field(tmp_path):
 
 
 def _image_folder(root: Path) -> Path:
-    synthetic.write_image_folder(root, classes=3, per_class=(6, 2))
+    """12 training images: with batch 4, one epoch (3 steps) reads every one of them."""
+    synthetic.write_image_folder(root, classes=3, per_class=(4, 2))
     return root
 
 
