@@ -13,11 +13,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import synthetic
-from test_train_e2e import FAST_COMPILE, ROOT, TINY, _free_port, final_params, run, straight  # noqa: F401
+from test_faults import _assert_same_params, _steps
+from test_train_e2e import FAST_COMPILE, ROOT, TINY, _free_port, run, straight  # noqa: F401
 
 pytestmark = pytest.mark.slow         # every test here runs train.py/eval.py as a subprocess
 
@@ -48,19 +48,6 @@ def _wait_for(predicate, proc, timeout=400):
     assert predicate(), "timed out"
 
 
-def _steps(workdir: Path) -> list[int]:
-    d = workdir / "checkpoints"
-    return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.is_dir() else []
-
-
-def _same_params(a_dir: Path, b_dir: Path) -> None:
-    a, sa = final_params(a_dir)
-    b, sb = final_params(b_dir)
-    assert sa == sb
-    for k in a:
-        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-
-
 @pytest.fixture(scope="module")
 def straight_long(tmp_path_factory):
     wd = tmp_path_factory.mktemp("straight_long")
@@ -88,7 +75,7 @@ def test_a_signal_at_a_random_step_saves_that_step_and_resumes_bitwise(straight_
     assert "Traceback" not in err
     again = run(["train.py", f"--workdir={tmp_path}", *LONG])
     assert f"resuming at step {saved[0]}" in again.stderr
-    _same_params(straight_long, tmp_path)
+    _assert_same_params(straight_long, tmp_path)
 
 
 def test_sigterm_to_one_of_two_processes_saves_the_same_step_on_both_and_resumes_exactly(tmp_path):
@@ -119,7 +106,7 @@ def test_sigterm_to_one_of_two_processes_saves_the_same_step_on_both_and_resumes
     for q in launch(work):
         _, err = q.communicate(timeout=600)
         assert q.returncode == 0, err[-3000:]
-    _same_params(ref, work)
+    _assert_same_params(ref, work)
 
 
 def test_resuming_with_another_model_config_is_refused_naming_the_fields(straight, tmp_path):
@@ -267,7 +254,7 @@ def test_a_full_disk_stops_training_naming_the_path_and_keeps_the_previous_check
     assert "Traceback" not in p.stderr and len(p.stderr.splitlines()) < 20
     assert _steps(work) == [2]
     run(["train.py", f"--workdir={work}", "--config.total_steps=4", *TINY])         # space again: resume
-    _same_params(wd, work)
+    _assert_same_params(wd, work)
 
 
 def test_eval_reads_only_complete_checkpoints_while_training_runs_and_takes_no_lock(tmp_path):
