@@ -17,9 +17,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from .layers import ConvBN, Dtype
+from .layers import ConvBN, Dtype, Neuron
 from .ops import dot
-from .neurons import Neuron
 
 FIRING_RATES = "firing_rates"
 
@@ -83,7 +82,7 @@ class DSSA(nn.Module):
 
         s = neuron("lif_in")(x)                                               # [T, B, H, W, C]
         kw = dict(spikes=True, conv_impl=self.conv_impl, dtype=self.dtype, param_dtype=self.param_dtype)
-        y = ConvBN(2 * C, p, stride=p, name="kv", **kw)(s, train)                                       # [T, B, H/p, W/p, 2C]
+        y = ConvBN(2 * C, p, stride=p, name="kv", **kw)(s, train)            # [T, B, H/p, W/p, 2C]
         n_kv = y.shape[2] * y.shape[3]                                        # N'
         y = jnp.moveaxis(y.reshape(T, B, n_kv, h, 2 * d), 3, 2)               # [T, B, h, N', 2d]
         y1, y2 = y[..., :d], y[..., d:]                                       # [T, B, h, N', d] each

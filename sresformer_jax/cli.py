@@ -194,6 +194,8 @@ def _define_eval(fv: flags.FlagValues, argv: list[str]) -> None:
     flags.DEFINE_enum("which", "best", ["best", "latest"], "Which checkpoint of the workdir.", **fv_)
     flags.DEFINE_enum("conv_impl", None, ["auto", "xla", "slices", "events"],
                       "The model's lowering (default: the config's).", **fv_)
+    flags.DEFINE_bool("deploy", False, "Also evaluate the folded, spike-driven deploy form (sresformer_jax.deploy) "
+                      "and report it next to the training form.", **fv_)
 
 
 def evaluate(argv: list[str] | None = None) -> int:
@@ -205,7 +207,7 @@ def evaluate(argv: list[str] | None = None) -> int:
         from .training.evaluation import evaluate_checkpoint
         _advise_allocator("eval.py", jax.default_backend())
         quiet_closed_loop_callbacks()
-        r = evaluate_checkpoint(fv.workdir, fv.checkpoint, fv.config, fv.which, fv.conv_impl)
+        r = evaluate_checkpoint(fv.workdir, fv.checkpoint, fv.config, fv.which, fv.conv_impl, fv.deploy)
         rates = r["firing_rates"]
         print(f"checkpoint     {r['checkpoint']}")
         print(f"conv_impl      {r['conv_impl']}")
@@ -217,6 +219,13 @@ def evaluate(argv: list[str] | None = None) -> int:
               f"{r['as_power_ratio']:.2f} (4.6 pJ/MAC vs 0.9 pJ/SOP)")
         print(f"firing rates   mean {100 * sum(rates.values()) / len(rates):.2f} % over {len(rates)} spiking "
               f"layers (min {100 * min(rates.values()):.2f} %, max {100 * max(rates.values()):.2f} %)")
+        if "deploy" in r:
+            d = r["deploy"]
+            drates = d["firing_rates"]
+            print(f"deploy form    top-1 {100 * d['top1']:.2f} % / top-5 {100 * d['top5']:.2f} %, "
+                  f"{d['sops_per_image'] / 1e6:.3f} M SOPs, {d['energy_mj']:.6f} mJ per image; firing mean "
+                  f"{100 * sum(drates.values()) / len(drates):.2f} %; prediction differs from the training form on "
+                  f"{100 * d['predictions_differ']:.2f} % of the images")
         print(f"wrote          {r['report_path']} and {r['plot_path']}")
 
     return _run("eval.py", argv, _define_eval, body)

@@ -10,8 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from .layers import ConvBN, Dtype
-from .neurons import Neuron
+from .layers import ConvBN, Dtype, Neuron
 
 
 class GWFFN(nn.Module):

@@ -1,4 +1,4 @@
-"""The model's stateless layers: BatchNorm with PyTorch's semantics, ConvBN and max-pooling.
+"""The model's layers: BatchNorm with PyTorch's semantics, ConvBN, max-pooling, and the spiking neuron layer.
 
 Everything here acts on arrays whose last three axes are [H, W, C] (NHWC); any leading axes (e.g. [T, B]) are
 folded into one batch axis for the convolution and are all reduced over by BatchNorm, so statistics are taken
@@ -7,13 +7,16 @@ statistic is computed (the lowering) is a field, chosen when the model is built;
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from .neurons import SPIKE_COUNTS, lif, plif
 from .ops import batch_norm_train, conv2d, conv_lowering, uses_stats_kernels
+from .ops.conv import max_pool  # noqa: F401  (a layer of the model; pure lax, shared with the deploy form)
 
 Dtype = Any
 
@@ -25,16 +28,6 @@ def trunc_normal_init(std: float = 0.02, bound: float = 2.0):
         return jax.random.truncated_normal(key, -bound / std, bound / std, shape, dtype) * std
 
     return init
-
-
-def max_pool(x: jax.Array, window: int = 3, stride: int = 2, padding: int = 1) -> jax.Array:
-    """PyTorch ``MaxPool2d(window, stride, padding)`` on [..., H, W, C] (padding with −inf)."""
-    lead, (h, w, c) = x.shape[:-3], x.shape[-3:]
-    y = jax.lax.reduce_window(
-        x.reshape((-1, h, w, c)), -jnp.inf, jax.lax.max,
-        (1, window, window, 1), (1, stride, stride, 1),
-        ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-    return y.reshape(lead + y.shape[1:])
 
 
 class BatchNorm(nn.Module):
@@ -110,3 +103,37 @@ class ConvBN(nn.Module):
                    conv_lowering(self.conv_impl, self.spikes), binary=self.spikes)
         return BatchNorm(dtype=dtype, param_dtype=self.param_dtype, stats_kernels=uses_stats_kernels(
             self.conv_impl), name="bn")(y, train, repeat)
+
+
+class Neuron(nn.Module):
+    """A spiking neuron layer over time-major input [T, ...]: ``LIF`` or ``PLIF`` (param ``w``, init
+    −ln(τ₀ − 1) = 0 for τ₀ = 2)."""
+
+    kind: str = "LIF"
+    tau: float = 2.0
+    v_threshold: float = 1.0
+    surrogate: str = "atan"
+    alpha: float | None = None
+    unroll: int | bool = 1
+    param_dtype: jnp.dtype = jnp.float32
+    count_map: bool = True  # with spike counting on: also sow the per-pixel count map of [T, B, H, W, C] spikes
+
+    @nn.compact
+    def __call__(self, x_seq: jax.Array) -> jax.Array:
+        if self.kind == "LIF":
+            s = lif(x_seq, self.tau, self.v_threshold, self.surrogate, self.alpha, self.unroll)
+        elif self.kind == "PLIF":
+            w0 = -math.log(self.tau - 1.0)
+            w = self.param("w", lambda _: jnp.asarray(w0, self.param_dtype))
+            s = plif(x_seq, w, self.v_threshold, self.surrogate, self.alpha, self.unroll)
+        else:
+            raise ValueError(f"unknown neuron kind {self.kind!r}; choose 'LIF' or 'PLIF'")
+        if self.is_mutable_collection(SPIKE_COUNTS) and not self.is_initializing():
+            # Exact integer counts (only computed when the caller asks for this collection).
+            si = jax.lax.stop_gradient(s).astype(jnp.int32)
+            self.sow(SPIKE_COUNTS, "total", jnp.sum(si))
+            self.sow(SPIKE_COUNTS, "numel", jnp.asarray(s.size, jnp.int32) if s.size < 2**31 else
+                     jnp.asarray(s.size, jnp.float32))
+            if self.count_map and s.ndim == 5:
+                self.sow(SPIKE_COUNTS, "map", jnp.sum(si, axis=(0, 1, 4)))  # [H, W]
+        return s

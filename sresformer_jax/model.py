@@ -17,8 +17,7 @@ from flax import linen as nn
 from . import trees
 from .attention import DSSA, FIRING_RATES, FiringRatesNotSetError, check_firing_rates
 from .ffn import GWFFN
-from .layers import ConvBN, Dtype, max_pool, trunc_normal_init
-from .neurons import Neuron
+from .layers import ConvBN, Dtype, Neuron, max_pool, trunc_normal_init
 from .ops import CONV_IMPLS, resolve_conv_impl
 
 BATCH_STATS = "batch_stats"

@@ -2,7 +2,8 @@
 
 The spike is a Heaviside step with a surrogate derivative (``jax.custom_vjp``); LIF and PLIF are
 multi-step neurons written as a ``lax.scan`` over the leading time axis. The membrane starts at
-zero on every call: there is no hidden state and nothing to reset between batches.
+zero on every call: there is no hidden state and nothing to reset between batches. JAX only (no Flax):
+``layers.Neuron`` is the layer that holds a PLIF's parameter and counts spikes.
 
 Per neuron and time step t (SpikingJelly ``LIFNode``/``ParametricLIFNode``, v_reset = 0,
 ``decay_input=True``, ``detach_reset=True``):
@@ -18,7 +19,6 @@ import math
 
 import jax
 import jax.numpy as jnp
-from flax import linen as nn
 
 from .ops.scan import buffer_slice, buffer_write, scan_buffer
 
@@ -140,35 +140,12 @@ def plif(x_seq: jax.Array, w: jax.Array, v_threshold: float = 1.0, surrogate: st
     return _multistep(x_seq, k, None, v_threshold, surrogate, alpha, unroll)
 
 
-class Neuron(nn.Module):
-    """A spiking neuron layer over time-major input [T, ...]: ``LIF`` or ``PLIF`` (param ``w``, init
-    −ln(τ₀ − 1) = 0 for τ₀ = 2)."""
-
-    kind: str = "LIF"
-    tau: float = 2.0
-    v_threshold: float = 1.0
-    surrogate: str = "atan"
-    alpha: float | None = None
-    unroll: int | bool = 1
-    param_dtype: jnp.dtype = jnp.float32
-    count_map: bool = True  # with spike counting on: also sow the per-pixel count map of [T, B, H, W, C] spikes
-
-    @nn.compact
-    def __call__(self, x_seq: jax.Array) -> jax.Array:
-        if self.kind == "LIF":
-            s = lif(x_seq, self.tau, self.v_threshold, self.surrogate, self.alpha, self.unroll)
-        elif self.kind == "PLIF":
-            w0 = -math.log(self.tau - 1.0)
-            w = self.param("w", lambda _: jnp.asarray(w0, self.param_dtype))
-            s = plif(x_seq, w, self.v_threshold, self.surrogate, self.alpha, self.unroll)
-        else:
-            raise ValueError(f"unknown neuron kind {self.kind!r}; choose 'LIF' or 'PLIF'")
-        if self.is_mutable_collection(SPIKE_COUNTS) and not self.is_initializing():
-            # Exact integer counts (only computed when the caller asks for this collection).
-            si = jax.lax.stop_gradient(s).astype(jnp.int32)
-            self.sow(SPIKE_COUNTS, "total", jnp.sum(si))
-            self.sow(SPIKE_COUNTS, "numel", jnp.asarray(s.size, jnp.int32) if s.size < 2**31 else
-                     jnp.asarray(s.size, jnp.float32))
-            if self.count_map and s.ndim == 5:
-                self.sow(SPIKE_COUNTS, "map", jnp.sum(si, axis=(0, 1, 4)))  # [H, W]
-        return s
+def fire(x_seq: jax.Array, v_threshold: float | jax.Array = 1.0, *, tau: float = 2.0, k: jax.Array | None = None,
+         surrogate: str = "atan", unroll: int | bool = 1) -> jax.Array:
+    """The forward of ``lif`` (``tau``) or, given ``k`` = sigmoid(w), of ``plif``: spikes [T, ...] in x's dtype, by
+    the same scan. ``v_threshold`` may be an array that broadcasts against one time step (a threshold per head
+    or channel, as the deploy form uses). For inference: no custom VJP."""
+    _check_surrogate(surrogate)
+    if k is None:
+        return _multistep_fwd(x_seq, jnp.zeros((), x_seq.dtype), float(tau), v_threshold, surrogate, None, unroll)[0]
+    return _multistep_fwd(x_seq, jnp.asarray(k, x_seq.dtype), None, v_threshold, surrogate, None, unroll)[0]

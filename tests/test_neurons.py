@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sresformer_jax.neurons import Neuron, lif, plif, spike, surrogate_grad
+from sresformer_jax.layers import Neuron
+from sresformer_jax.neurons import lif, plif, spike, surrogate_grad
 
 
 def test_lif_constant_input_one_never_fires():

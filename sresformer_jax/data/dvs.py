@@ -80,9 +80,9 @@ def read_aedat3(path: str | Path) -> dict[str, np.ndarray]:
         e_size, = struct.unpack_from("<I", data, pos + 4)
         overflow, capacity = struct.unpack_from("<II", data, pos + 12)
         if pos + 28 + capacity * e_size > len(data):
+            short = pos + 28 + capacity * e_size - len(data)
             raise DataFileError(path, f"truncated AEDAT 3.1 file: the packet at byte {pos} holds {capacity} events "
-                                      f"of {e_size} bytes, but the file ends {pos + 28 + capacity * e_size - len(data)} "
-                                      "bytes early")
+                                      f"of {e_size} bytes, but the file ends {short} bytes early")
         body = data[pos + 28:pos + 28 + capacity * e_size]
         pos += 28 + capacity * e_size
         if e_type != 1 or e_size < 8:

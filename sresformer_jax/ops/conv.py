@@ -30,8 +30,9 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: int = 0, g
     ``x``: [..., H, W, Cin] (leading axes folded into the batch); ``kernel``: [k, k, Cin/groups, Cout].
     ``impl`` (an argument, never process state): ``"xla"`` (``lax.conv_general_dilated``), ``"slices"``
     (matmuls, ``_conv_slices``) or ``"events"`` (the compiled event-driven kernels, ``_event_conv``; they must be
-    loaded first, ``kernels.load()``). ``binary``: ``x`` holds only 0 and 1 (a neuron's spikes): the event kernels then read, and the backward
-    keeps, ``x`` as bytes (exact; a quarter of float32's memory and traffic). Other values would be truncated.
+    loaded first, ``kernels.load()``). ``binary``: ``x`` holds only 0 and 1 (a neuron's spikes): the event kernels
+    then read, and the backward keeps, ``x`` as bytes (exact; a quarter of float32's memory and traffic). Other
+    values would be truncated.
     All lowerings give the same values and gradients up to rounding. Low-precision (bf16/f16) operands are
     accumulated in float32 and give a float32 result (see ``dot``).
     """
@@ -277,3 +278,13 @@ def _kernel_grad_chunks(xg: jax.Array, dy: jax.Array, k: int) -> jax.Array:
 
     acc = jnp.zeros((groups, og, k * k * cg), jnp.promote_types(xg.dtype, jnp.float32))
     return scan_bits(step, acc, (xc, dyc))[0]
+
+
+def max_pool(x: jax.Array, window: int = 3, stride: int = 2, padding: int = 1) -> jax.Array:
+    """PyTorch ``MaxPool2d(window, stride, padding)`` on [..., H, W, C] (padding with −inf)."""
+    lead, (h, w, c) = x.shape[:-3], x.shape[-3:]
+    y = jax.lax.reduce_window(
+        x.reshape((-1, h, w, c)), -jnp.inf, jax.lax.max,
+        (1, window, window, 1), (1, stride, stride, 1),
+        ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    return y.reshape(lead + y.shape[1:])

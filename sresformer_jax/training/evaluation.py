@@ -13,6 +13,7 @@ import jax.numpy as jnp
 
 from ..energy import SOPCounter
 from ..model import SpikingResformer, check_calibrated
+from .losses import topk_correct
 from .steps import eval_step, global_batch, shardings
 
 
@@ -33,8 +34,7 @@ def evaluate(step, variables: dict, batches, mesh, counter: SOPCounter | None = 
         sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
     sums = jax.device_get(sums)
     n = max(float(sums["count"]), 1.0)
-    return {"loss": float(sums["loss"]) / n, "top1": float(sums["top1"]) / n, "top5": float(sums["top5"]) / n,
-            "count": int(sums["count"])}
+    return {**{k: float(v) / n for k, v in sums.items() if k != "count"}, "count": int(sums["count"])}
 
 
 def evaluate_with_energy(model: SpikingResformer, variables: dict, data, mesh) -> dict:
@@ -46,6 +46,31 @@ def evaluate_with_energy(model: SpikingResformer, variables: dict, data, mesh) -
     report = counter.report(img_size=tuple(data.input_shape[-3:-1]))
     return {"top1": metrics["top1"], "top5": metrics["top5"], "loss": metrics["loss"],
             "num_images": metrics["count"], **report}
+
+
+def evaluate_deploy_form(fn, model: SpikingResformer, variables: dict, data, mesh) -> dict:
+    """The deploy form ``fn`` (``deploy.fold``) on the test set: top-1/top-5/loss, its own spikes' SOP/energy report,
+    and ``predictions_differ``, the fraction of images whose prediction differs from the training form's."""
+    from ..neurons import SPIKE_COUNTS
+
+    def step(variables, weights, batch):
+        logits, counts = fn.apply(weights, batch["image"], count_spikes=True)
+        reference = model.apply(variables, batch["image"], train=False)
+        mask, labels = batch["mask"], batch["label"]
+        z = logits.astype(jnp.float32).mean(0)
+        loss = jnp.sum(-jnp.take_along_axis(jax.nn.log_softmax(z), labels[:, None], 1)[:, 0] * mask)
+        correct = topk_correct(logits, labels, (1, 5))
+        differ = jnp.argmax(z, -1) != jnp.argmax(reference.astype(jnp.float32).mean(0), -1)
+        return ({"loss": loss, "top1": jnp.sum(correct["top1"] * mask), "top5": jnp.sum(correct["top5"] * mask),
+                 "predictions_differ": jnp.sum(differ * mask), "count": jnp.sum(mask)}, counts[SPIKE_COUNTS])
+
+    jstep = jax.jit(step)
+    counter = SOPCounter(model)
+    metrics = evaluate(lambda v, b: jstep(v, fn.weights, b), variables,
+                       data.eval_batches(pad=jax.process_count() > 1), mesh, counter)
+    report = counter.report(img_size=tuple(data.input_shape[-3:-1]))
+    return {"top1": metrics["top1"], "top5": metrics["top5"], "loss": metrics["loss"],
+            "predictions_differ": metrics["predictions_differ"], "num_images": metrics["count"], **report}
 
 
 def plot_firing_rates(rates: dict[str, float], out: str | Path, title: str = "") -> Path:
@@ -77,12 +102,13 @@ def write_report(report: dict, workdir: str | Path, title: str = "") -> tuple[Pa
 
 
 def evaluate_checkpoint(workdir: str | Path, checkpoint_path: str | Path | None = None, config=None,
-                        which: str = "best", conv_impl: str | None = None) -> dict:
+                        which: str = "best", conv_impl: str | None = None, deploy: bool = False) -> dict:
     """Evaluates a training run's ``best`` (or ``latest``) checkpoint, or the model checkpoint at
     ``checkpoint_path``, on the held-out set of its training config (or ``config``); writes
     ``workdir/eval.json`` and ``workdir/firing_rates.png`` and returns the report (``evaluate_with_energy``'s
     keys plus ``checkpoint``, ``conv_impl``, ``report_path`` and ``plot_path``). ``conv_impl``: the lowering
-    (default the config's, else "auto"). Raises FileNotFoundError / ValueError with what to do."""
+    (default the config's, else "auto"). ``deploy``: also the folded deploy form's report under ``"deploy"``
+    (``evaluate_deploy_form``). Raises FileNotFoundError / ValueError with what to do."""
     import ml_collections
 
     from .. import checkpoint
@@ -114,6 +140,10 @@ def evaluate_checkpoint(workdir: str | Path, checkpoint_path: str | Path | None 
     data = get_dataset(config)
     check_data_fits(data, config)
     report = evaluate_with_energy(model, variables, data, make_mesh())
+    if deploy:
+        from .. import deploy as deploy_form
+        report["deploy"] = evaluate_deploy_form(deploy_form.fold(model, variables), model, variables, data,
+                                                make_mesh())
     report["checkpoint"] = str(step_dir or checkpoint_path)
     report["conv_impl"] = model.conv_impl
     path, png = write_report(report, workdir, title=f"{config.get('model_name', '')} firing rates")

@@ -1,0 +1,376 @@
+"""The spike-driven deploy form: BatchNorm folded into the convolution before it, the DSSA scales folded into
+per-head thresholds, and every product after the stem taking a binary operand. Exported without Flax.
+
+    fn = deploy.fold(model, variables)          # fn(x) -> logits [T, B, classes], the same x as model.apply
+    deploy.export(fn, "model.deploy")           # weights.safetensors + graph.json: no pickle
+    fn2 = deploy.load("model.deploy")           # the same kind of callable; needs JAX only (no Flax)
+
+    python -m sresformer_jax.deploy export --checkpoint W/best --out model.deploy
+
+The algebra is exact in real arithmetic (docs/model.md):
+
+    BN(conv(s)) = conv(s; K·γ/σ) + (β − γ·μ/σ),   σ = √(running_var + ε)        per output channel
+    LIF(c·z; threshold 1) = LIF(z; threshold 1/c)  for c > 0 (the charge is linear, the reset is to 0)
+
+so ``lif_attn`` takes the raw product y1ᵀq with per-head threshold √(r_x·d), and ``lif_out`` the raw a·y2 with
+√(r_A·N′). What remains: the stem convolution (analog input) and the classifier (on the real-valued residual
+stream), as in the paper's SOP count; every other convolution reads spikes, ``y1ᵀq`` has binary queries and
+``a·y2`` a binary attention map. Spikes are ``bool`` arrays in this form, and every product after the stem checks,
+when traced, that its operand is one (``NotSpikeDrivenError`` names the layer otherwise).
+
+The thresholds hold for the resolution the model was folded at (N′ enters √(r_A·N′)); ``fn`` refuses other sizes.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import shutil
+import sys
+import uuid
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .neurons import SPIKE_COUNTS, fire
+from .ops import conv2d, conv_lowering, dot, resolve_conv_impl
+from .ops.conv import max_pool
+
+FORMAT = "sresformer_jax.deploy/1"
+GRAPH, WEIGHTS = "graph.json", "weights.safetensors"
+BN_EPS = 1e-5                                     # layers.BatchNorm's epsilon (PyTorch's)
+
+
+class NotSpikeDrivenError(TypeError):
+    """A product after the stem got an operand that is not a spike (bool) tensor."""
+
+
+class DeployFileError(ValueError):
+    """A deploy directory whose files are missing, of another format, or hold missing or mis-shaped tensors."""
+
+
+# ------------------------------------------------------------------------------------------------- structure
+@dataclasses.dataclass(frozen=True)
+class _Conv:
+    path: str                 # e.g. "stage1_gwffn1/conv"
+    k: int
+    cin: int
+    cout: int
+    stride: int = 1
+    padding: int = 0
+    groups: int = 1
+    spikes: bool = True
+
+
+def _convs(arch: Mapping[str, Any]) -> Iterator[_Conv]:
+    """Every convolution of the architecture, in forward order (the one list fold, load and the forward use)."""
+    planes, heads, patches, blocks = arch["planes"], arch["num_heads"], arch["patch_sizes"], arch["blocks"]
+    k0 = 7 if arch["prologue"] == "default" else 3
+    yield _Conv("stem", k0, arch["in_channels"], planes[0], 2 if k0 == 7 else 1, k0 // 2, spikes=False)
+    for i, (n, c, p) in enumerate(zip(blocks, planes, patches)):
+        s = i + 1
+        if i:
+            yield _Conv(f"stage{s}_downsample/conv", 3, planes[i - 1], c, 2, 1)
+        for b in range(1, n + 1):
+            yield _Conv(f"stage{s}_dssa{b}/kv", p, c, 2 * c, p)
+            yield _Conv(f"stage{s}_dssa{b}/proj", 1, c, c)
+            yield _Conv(f"stage{s}_gwffn{b}/up", 1, c, 4 * c)
+            yield _Conv(f"stage{s}_gwffn{b}/conv", 3, 4 * c, 4 * c, 1, 1, 4 * c // arch["group_size"])
+            yield _Conv(f"stage{s}_gwffn{b}/down", 1, 4 * c, c)
+    del heads
+
+
+def _neurons(arch: Mapping[str, Any]) -> list[str]:
+    """Every neuron layer's path (module/neuron), in forward order."""
+    out = []
+    for i, n in enumerate(arch["blocks"]):
+        s = i + 1
+        if i:
+            out.append(f"stage{s}_downsample/lif")
+        for b in range(1, n + 1):
+            out += [f"stage{s}_dssa{b}/{x}" for x in ("lif_in", "lif_attn", "lif_out")]
+            out += [f"stage{s}_gwffn{b}/{x}" for x in ("up_lif", "conv_lif", "down_lif")]
+    return out
+
+
+def weight_shapes(arch: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Name → shape of every tensor of the deploy form of the architecture ``arch`` (the model config keys)."""
+    shapes = {}
+    for c in _convs(arch):
+        shapes[f"{c.path}/kernel"] = (c.k, c.k, c.cin // c.groups, c.cout)
+        shapes[f"{c.path}/bias"] = (c.cout,)
+    if arch["activation"] == "PLIF":
+        shapes.update({f"{n}/w": () for n in _neurons(arch)})
+    shapes["classifier/kernel"] = (arch["planes"][-1], arch["num_classes"])
+    return shapes
+
+
+# ------------------------------------------------------------------------------------------------- the form
+@dataclasses.dataclass(frozen=True, eq=False)
+class DeployedModel:
+    """The deploy form: ``graph`` (JSON-able: the architecture, lowering, resolution and per-head thresholds)
+    and ``weights`` (flat name → array). ``fn(x)`` returns per-step logits [T, B, classes];
+    ``fn(x, count_spikes=True)`` also the per-layer spike counts, in the ``spike_counts`` layout that
+    ``energy.SOPCounter`` reads. A pytree (weights are its leaves), so it can be passed into ``jax.jit``."""
+    graph: dict
+    weights: dict
+
+    def __call__(self, x: jax.Array, count_spikes: bool = False):
+        return _jitted(_GraphKey(self.graph), count_spikes)(self.weights, x)
+
+    def apply(self, weights: Mapping[str, jax.Array], x: jax.Array, count_spikes: bool = False):
+        """The forward as a pure function of ``weights`` and ``x`` (traceable; ``graph`` is static)."""
+        return forward(self.graph, weights, x, count_spikes)
+
+
+jax.tree_util.register_pytree_node(
+    DeployedModel, lambda m: ((m.weights,), json.dumps(m.graph, sort_keys=True)),
+    lambda graph, leaves: DeployedModel(json.loads(graph), leaves[0]))
+
+
+class _GraphKey:
+    """A hashable stand-in for a graph dict (its canonical JSON), for the compile cache below."""
+
+    def __init__(self, graph: dict):
+        self.graph, self.key = graph, json.dumps(graph, sort_keys=True)
+
+    def __hash__(self):
+        return hash(self.key)
+
+    def __eq__(self, other):
+        return isinstance(other, _GraphKey) and other.key == self.key
+
+
+_COMPILED: dict = {}
+
+
+def _jitted(graph: _GraphKey, count_spikes: bool):
+    key = (graph, count_spikes)
+    if key not in _COMPILED:
+        _COMPILED[key] = jax.jit(lambda w, x: forward(graph.graph, w, x, count_spikes))
+    return _COMPILED[key]
+
+
+def _spike_operand(name: str, s: jax.Array) -> jax.Array:
+    if s.dtype != jnp.bool_:
+        raise NotSpikeDrivenError(f"deploy form: {name} got a {s.dtype} operand; every product after the stem must "
+                                  "take spikes (bool)")
+    return s
+
+
+def _lif(x: jax.Array, threshold, w: jax.Array | None) -> jax.Array:
+    """Spikes (bool) of a LIF (``w`` None) or PLIF (k = sigmoid(w)) with ``threshold``."""
+    k = None if w is None else jax.nn.sigmoid(w).astype(x.dtype)
+    return fire(x, threshold, k=k) > 0
+
+
+def forward(graph: Mapping[str, Any], w: Mapping[str, jax.Array], x: jax.Array, count_spikes: bool = False):
+    """The deploy form's computation (see the module docstring); ``w``: flat name → array."""
+    arch, impl = graph["model"], graph["conv_impl"]
+    T, dvs = arch["T"], arch.get("dvs", False)
+    want = 5 if dvs else 4
+    if x.ndim != want or x.shape[-1] != arch["in_channels"]:
+        raise ValueError(f"deploy form: expected {'[B, T, H, W, C] event frames' if dvs else '[B, H, W, C] images'} "
+                         f"with {arch['in_channels']} channels, got shape {tuple(x.shape)}")
+    if list(x.shape[-3:-1]) != list(graph["input_hw"]):
+        raise ValueError(f"deploy form: folded for {graph['input_hw'][0]}×{graph['input_hw'][1]} inputs (the DSSA "
+                         f"thresholds depend on the resolution), got {x.shape[-3]}×{x.shape[-2]}; fold the model again "
+                         "at this size")
+    dtype = jnp.dtype(graph["dtype"]) if graph.get("dtype") else x.dtype
+    x = x.astype(dtype)
+    plif = arch["activation"] == "PLIF"
+    counts: dict = {}
+    thresholds = graph["thresholds"]
+
+    def lif(name: str, z: jax.Array, threshold=1.0, count_map: bool = True) -> jax.Array:
+        s = _lif(z, threshold, w[f"{name}/w"] if plif else None)
+        if count_spikes:
+            module, neuron = name.split("/")
+            si = s.astype(jnp.int32)
+            entry = {"total": (jnp.sum(si),), "numel": (jnp.asarray(s.size, jnp.int32) if s.size < 2**31 else
+                                                       jnp.asarray(s.size, jnp.float32),)}
+            if count_map and s.ndim == 5:
+                entry["map"] = (jnp.sum(si, axis=(0, 1, 4)),)
+            counts.setdefault(module, {})[neuron] = entry
+        return s
+
+    def conv(c: _Conv, s: jax.Array) -> jax.Array:
+        if c.spikes:
+            s = _spike_operand(c.path, s).astype(dtype)
+        y = conv2d(s, w[f"{c.path}/kernel"].astype(dtype), c.stride, c.padding, c.groups,
+                   conv_lowering(impl, c.spikes), binary=c.spikes)
+        return (y + w[f"{c.path}/bias"].astype(y.dtype)).astype(dtype)
+
+    convs = {c.path: c for c in _convs(arch)}
+    if dvs:
+        h = conv(convs["stem"], jnp.swapaxes(x, 0, 1))                       # [T, B, H, W, D1]
+    else:
+        h = conv(convs["stem"], x)                                           # [B, H, W, D1], once for all T
+    if arch["prologue"] == "default":
+        h = max_pool(h, 3, 2, 1)
+    if not dvs:
+        h = jnp.broadcast_to(h[None], (T,) + h.shape)                        # direct encoding
+    for i, (n, c, heads) in enumerate(zip(arch["blocks"], arch["planes"], arch["num_heads"])):
+        s = i + 1
+        if i:
+            h = conv(convs[f"stage{s}_downsample/conv"], lif(f"stage{s}_downsample/lif", h))
+        for b in range(1, n + 1):
+            h = _dssa(f"stage{s}_dssa{b}", h, heads, thresholds, lif, conv, convs)
+            name = f"stage{s}_gwffn{b}"
+            u = conv(convs[f"{name}/up"], lif(f"{name}/up_lif", h))
+            u = conv(convs[f"{name}/conv"], lif(f"{name}/conv_lif", u)) + u
+            h = conv(convs[f"{name}/down"], lif(f"{name}/down_lif", u)) + h
+    pooled = jnp.mean(h, axis=(2, 3))                                        # [T, B, D3]
+    logits = dot("tbc,ck->tbk", pooled, w["classifier/kernel"].astype(dtype))
+    return (logits, {SPIKE_COUNTS: counts}) if count_spikes else logits
+
+
+def _dssa(name, x, heads, thresholds, lif, conv, convs):
+    """DSSA with the scales as thresholds: a = LIF(y1ᵀq; √(r_x·d)), o = LIF(a·y2; √(r_A·N′)) per head."""
+    T, B, H, W, C = x.shape
+    d = C // heads
+    s = lif(f"{name}/lif_in", x)                                             # [T, B, H, W, C] bool
+    y = conv(convs[f"{name}/kv"], s)                                         # [T, B, H/p, W/p, 2C]
+    n_kv = y.shape[2] * y.shape[3]
+    y = jnp.moveaxis(y.reshape(T, B, n_kv, heads, 2 * d), 3, 2)              # [T, B, h, N', 2d]
+    y1, y2 = y[..., :d], y[..., d:]
+    q = _spike_operand(f"{name}/matmul1", jnp.moveaxis(s.reshape(T, B, H * W, heads, d), 3, 2))   # [T, B, h, HW, d]
+    per_head = lambda v: jnp.asarray(v, y.dtype)[:, None, None]              # noqa: E731  [h, 1, 1]
+    attn = dot("tbhnd,tbhmd->tbhnm", y1, q.astype(y.dtype)).astype(y.dtype)  # [T, B, h, N', HW]
+    a = lif(f"{name}/lif_attn", attn, per_head(thresholds[name]["lif_attn"]), count_map=False)
+    a = _spike_operand(f"{name}/matmul2", a)
+    out = dot("tbhnm,tbhnd->tbhmd", a.astype(y.dtype), y2).astype(y.dtype)   # [T, B, h, HW, d]
+    out = jnp.moveaxis(out, 2, 3).reshape(T, B, H, W, C)
+    o = lif(f"{name}/lif_out", out, jnp.repeat(jnp.asarray(thresholds[name]["lif_out"], y.dtype), d))  # per channel
+    return conv(convs[f"{name}/proj"], o) + x
+
+
+# ----------------------------------------------------------------------------------------------------- fold
+def fold(model, variables: Mapping[str, Any], conv_impl: str | None = None) -> DeployedModel:
+    """The deploy form of ``model`` with ``variables`` (calibrated: BatchNorm running statistics and DSSA firing
+    rates set, as after training or ``calibrate``). Folds in the parameters' dtype; computes in the model's
+    dtype (None: the input's). ``conv_impl``: its lowering (default: the model's)."""
+    from .model import check_calibrated
+    check_calibrated(variables)
+    arch = model.config()
+    params, stats, rates = variables["params"], variables["batch_stats"], variables["firing_rates"]
+    weights = {}
+    for c in _convs(arch):
+        p, st = _at(params, c.path), _at(stats, c.path)
+        scale = p["bn"]["scale"] * jax.lax.rsqrt(st["bn"]["var"] + BN_EPS)                 # γ/σ per channel
+        weights[f"{c.path}/kernel"] = p["kernel"] * scale
+        weights[f"{c.path}/bias"] = p["bn"]["bias"] - st["bn"]["mean"] * scale
+    if arch["activation"] == "PLIF":
+        for n in _neurons(arch):
+            weights[f"{n}/w"] = _at(params, n)["w"]
+    weights["classifier/kernel"] = params["classifier"]["kernel"]
+    hw = model.stage_sizes(model.img_size)
+    thresholds = {}
+    for i, (n, c, heads, p) in enumerate(zip(arch["blocks"], arch["planes"], arch["num_heads"], arch["patch_sizes"])):
+        n_kv = (hw[i][0] // p) * (hw[i][1] // p)
+        for b in range(1, n + 1):
+            r = rates[f"stage{i + 1}_dssa{b}"]
+            thresholds[f"stage{i + 1}_dssa{b}"] = {
+                "lif_attn": [math.sqrt(float(v) * (c // heads)) for v in np.asarray(r["firing_rate_x"], np.float64)],
+                "lif_out": [math.sqrt(float(v) * n_kv) for v in np.asarray(r["firing_rate_attn"], np.float64)]}
+    size = (model.img_size, model.img_size)
+    graph = {"format": FORMAT, "model": arch, "conv_impl": conv_impl or model.conv_impl,
+             "dtype": jnp.dtype(model.dtype).name if model.dtype is not None else None,
+             "input_hw": list(size), "thresholds": thresholds}
+    return DeployedModel(graph, weights)
+
+
+def _at(tree: Mapping, path: str):
+    for part in path.split("/"):
+        tree = tree[part]
+    return tree
+
+
+# --------------------------------------------------------------------------------------------- export / load
+def export(fn: DeployedModel, path: str | os.PathLike) -> Path:
+    """Writes ``fn`` as ``path/weights.safetensors`` (the tensors) and ``path/graph.json`` (architecture,
+    thresholds, tensor manifest); atomically (a temporary directory renamed into place). No pickle."""
+    from safetensors.numpy import save_file
+    path = Path(path).absolute()
+    if path.exists():
+        raise FileExistsError(f"{path} already exists; remove it or choose another --out")
+    tmp = path.with_name(f".{path.name}.partial-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir(parents=True)
+    try:
+        arrays = {k: np.asarray(v) for k, v in fn.weights.items()}
+        save_file(arrays, str(tmp / WEIGHTS))
+        graph = dict(fn.graph, tensors={k: {"shape": list(a.shape), "dtype": a.dtype.name} for k, a in arrays.items()})
+        (tmp / GRAPH).write_text(json.dumps(graph, indent=1) + "\n")
+        tmp.rename(path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return path
+
+
+def load(path: str | os.PathLike, conv_impl: str = "auto") -> DeployedModel:
+    """The deploy form written by ``export``. Every tensor the architecture needs must be there with its shape, and
+    nothing else: otherwise ``DeployFileError`` lists the names. ``conv_impl``: the lowering on this machine
+    ("auto": the platform's best; the exported one is not assumed to run here). Needs JAX only."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+    path = Path(path)
+    if not (path / GRAPH).is_file() or not (path / WEIGHTS).is_file():
+        raise DeployFileError(f"{path}: expected a directory written by sresformer_jax.deploy.export ({GRAPH} and "
+                              f"{WEIGHTS})")
+    try:
+        graph = json.loads((path / GRAPH).read_text())
+    except json.JSONDecodeError as e:
+        raise DeployFileError(f"{path / GRAPH}: not valid JSON ({e})") from None
+    if graph.get("format") != FORMAT:
+        raise DeployFileError(f"{path / GRAPH}: format {graph.get('format')!r}, expected {FORMAT!r}")
+    try:
+        weights = load_file(str(path / WEIGHTS))
+    except (SafetensorError, OSError) as e:
+        raise DeployFileError(f"{path / WEIGHTS}: not a readable safetensors file ({e})") from None
+    want = weight_shapes(graph["model"])
+    missing = sorted(set(want) - set(weights))
+    unexpected = sorted(set(weights) - set(want))
+    misshaped = sorted(f"{k}: expected {list(want[k])}, got {list(weights[k].shape)}"
+                       for k in set(want) & set(weights) if tuple(weights[k].shape) != want[k])
+    if missing or unexpected or misshaped:
+        lines = ([f"  missing: {k}" for k in missing] + [f"  unexpected: {k}" for k in unexpected]
+                 + [f"  mis-shaped: {k}" for k in misshaped])
+        raise DeployFileError(f"{path / WEIGHTS} does not match its graph ({len(missing)} missing, {len(unexpected)} "
+                              f"unexpected, {len(misshaped)} mis-shaped):\n" + "\n".join(lines))
+    graph.pop("tensors", None)
+    dtype = graph.get("dtype") and jnp.dtype(graph["dtype"])
+    graph["conv_impl"] = resolve_conv_impl(conv_impl, dtype)
+    return DeployedModel(graph, {k: jnp.asarray(v) for k, v in weights.items()})
+
+
+# ------------------------------------------------------------------------------------------------------ CLI
+def main(argv=None) -> int:
+    """``python -m sresformer_jax.deploy export --checkpoint CKPT --out DIR``."""
+    ap = argparse.ArgumentParser(prog="python -m sresformer_jax.deploy", description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    ex = sub.add_parser("export", help="fold a checkpoint and write its deploy form")
+    ex.add_argument("--checkpoint", required=True, help="a training workdir, one of its step directories, or a model "
+                                                        "checkpoint (sresformer_jax.convert)")
+    ex.add_argument("--out", required=True, help="the directory to write (must not exist)")
+    a = ap.parse_args(argv)
+    from . import checkpoint
+    from .training.trainer import build_model
+    try:
+        model_cfg, variables = checkpoint.load_variables(a.checkpoint)
+        model = build_model(model_cfg, conv_impl="auto")
+        out = export(fold(model, variables), a.out)
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        print(f"deploy export: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}/{GRAPH} and {out}/{WEIGHTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

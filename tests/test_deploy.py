@@ -1,0 +1,138 @@
+"""The deploy form (deploy.py): exact to the trained model on every golden file (float64 logits, spike counts and
+SOPs), spike-driven by construction, exported and loaded without Flax, and bad files refused by name."""
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from sresformer_jax import deploy, energy, interop
+from sresformer_jax.model import STATE_COLLECTIONS
+from sresformer_jax.neurons import SPIKE_COUNTS
+
+from conftest import GOLDEN_FILES, load_golden
+
+IMPLS = ["xla"] + (["events"] if jax.default_backend() == "cpu" else [])
+
+
+@functools.lru_cache(maxsize=None)
+def _trained(name: str, impl: str):
+    """A golden model after the official training step (so that BN statistics and firing rates are set), float64."""
+    g = load_golden(name)
+    model, v = interop.from_official(g["config"], g["init"], dtype=jnp.float64, conv_impl=impl)
+    x, y = jnp.asarray(g["x"], jnp.float64), jnp.asarray(g["y"])
+
+    def loss(p):
+        logits, new = model.apply({**v, "params": p}, x, train=True, mutable=list(STATE_COLLECTIONS))
+        return optax.softmax_cross_entropy_with_integer_labels(logits.mean(0), y).mean(), new
+
+    _, new = jax.jit(loss)(v["params"])
+    return g, model, {"params": v["params"], **new}, x
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("name", GOLDEN_FILES)
+def test_the_fold_is_exact_on_every_golden_file_float64(name, impl, x64):
+    """Logits equal the training form's evaluation to 1e-9 (and the official evaluation logits to 1e-8), every
+    neuron layer fires exactly the same number of spikes at every pixel, and the SOPs counted on the deploy form's
+    own spikes equal the training form's."""
+    g, model, variables, x = _trained(name, impl)
+    fn = deploy.fold(model, variables)
+    ref, ref_counts = jax.jit(lambda v, x: model.apply(v, x, train=False, mutable=[SPIKE_COUNTS]))(variables, x)
+    logits, counts = fn(x, count_spikes=True)
+    assert logits.shape == ref.shape and logits.dtype == jnp.float64
+    np.testing.assert_allclose(logits, ref, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(logits, g["eval_logits"], rtol=0, atol=1e-8)
+    want, got = energy.host_counts(ref_counts), energy.host_counts(counts)
+    assert set(want) == set(got)
+    for layer in want:
+        for key in want[layer]:
+            np.testing.assert_array_equal(got[layer][key], want[layer][key], err_msg=f"{layer} {key}")
+    assert energy.count_sops(model, counts, x.shape[0]) == energy.count_sops(model, ref_counts, x.shape[0])
+
+
+def test_the_deploy_form_holds_no_batchnorm_and_no_scales(x64):
+    g, model, variables, x = _trained("cifar_style_lif_t4.npz", "xla")
+    fn = deploy.fold(model, variables)
+    assert not any("bn" in k or "firing_rate" in k or "mean" in k or "var" in k for k in fn.weights)
+    assert set(fn.weights) == set(deploy.weight_shapes(fn.graph["model"]))
+    assert {k: tuple(v.shape) for k, v in fn.weights.items()} == deploy.weight_shapes(fn.graph["model"])
+    t = fn.graph["thresholds"]["stage1_dssa1"]
+    rates = variables["firing_rates"]["stage1_dssa1"]
+    d = model.planes[0] // model.num_heads[0]
+    np.testing.assert_allclose(t["lif_attn"], np.sqrt(np.asarray(rates["firing_rate_x"]) * d), rtol=1e-15)
+
+
+def test_every_product_after_the_stem_must_take_spikes(monkeypatch, x64):
+    """A non-binary operand (here: a neuron made to return its membrane-sized floats) is refused while tracing,
+    naming the layer."""
+    g, model, variables, x = _trained("cifar_style_lif_t4.npz", "xla")
+    fn = deploy.fold(model, variables)
+    monkeypatch.setattr(deploy, "_lif", lambda z, threshold, w: z * 0.5)
+    with pytest.raises(deploy.NotSpikeDrivenError, match="stage1_dssa1/kv got a float64 operand"):
+        fn.apply(fn.weights, x)
+
+
+def test_other_resolutions_are_refused(x64):
+    g, model, variables, x = _trained("cifar_style_lif_t4.npz", "xla")
+    fn = deploy.fold(model, variables)
+    with pytest.raises(ValueError, match="thresholds depend on the resolution"):
+        fn(jnp.concatenate([x, x], axis=1))
+
+
+def test_export_and_load_round_trip_and_load_needs_no_flax(tmp_path, x64):
+    g, model, variables, x = _trained("dvs_style_plif_t8.npz", "xla")      # PLIF: the w scalars travel too
+    fn = deploy.fold(model, variables)
+    path = deploy.export(fn, tmp_path / "m.deploy")
+    assert sorted(p.name for p in path.iterdir()) == ["graph.json", "weights.safetensors"]
+    assert b"\x80" not in (path / "graph.json").read_bytes()[:2]
+    fn2 = deploy.load(path, conv_impl="xla")
+    assert fn2.graph == fn.graph
+    np.testing.assert_array_equal(fn2(x), fn(x))
+    np.save(tmp_path / "x.npy", np.asarray(x))
+    np.save(tmp_path / "want.npy", np.asarray(fn(x)))
+    code = textwrap.dedent(f"""
+        import sys
+        sys.modules["flax"] = None                      # Flax is not needed to run a deploy form
+        import jax, numpy as np
+        jax.config.update("jax_enable_x64", True)
+        from sresformer_jax import deploy
+        fn = deploy.load({str(path)!r})
+        got = jax.jit(lambda f, x: f(x))(fn, np.load({str(tmp_path / 'x.npy')!r}))
+        np.testing.assert_array_equal(np.asarray(got), np.load({str(tmp_path / 'want.npy')!r}))
+        print("OK", fn.graph["conv_impl"])
+    """)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert p.returncode == 0 and "OK" in p.stdout, p.stderr[-3000:]
+    with pytest.raises(FileExistsError):
+        deploy.export(fn, path)
+
+
+def test_bad_deploy_files_are_refused_with_the_names(tmp_path, x64):
+    from safetensors.numpy import load_file, save_file
+    g, model, variables, x = _trained("cifar_style_lif_t4.npz", "xla")
+    path = deploy.export(deploy.fold(model, variables), tmp_path / "m.deploy")
+    tensors = load_file(str(path / "weights.safetensors"))
+    del tensors["stage2_gwffn1/conv/bias"]
+    tensors["stage1_dssa1/kv/kernel"] = tensors["stage1_dssa1/kv/kernel"][..., :3]
+    tensors["stage9/extra"] = np.zeros(2)
+    save_file(tensors, str(path / "weights.safetensors"))
+    with pytest.raises(deploy.DeployFileError) as e:
+        deploy.load(path)
+    msg = str(e.value)
+    assert "missing: stage2_gwffn1/conv/bias" in msg and "unexpected: stage9/extra" in msg
+    assert "mis-shaped: stage1_dssa1/kv/kernel: expected [4, 4, 16, 32], got [4, 4, 16, 3]" in msg
+    (path / "weights.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(deploy.DeployFileError, match="not a readable safetensors file"):
+        deploy.load(path)
+    with pytest.raises(deploy.DeployFileError, match="expected a directory written by"):
+        deploy.load(tmp_path)
