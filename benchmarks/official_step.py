@@ -105,6 +105,9 @@ def main(cfg: dict) -> dict:
     rss_before = peak_rss_bytes()
     warm_train, train_times = timed(train, cfg["warmup"]), timed(train, cfg["steps"])
     warm_eval, eval_times = timed(evaluate, cfg["warmup"]), timed(evaluate, cfg["steps"])
+    x = x[:1]                                              # batch-1 latency of the same evaluation
+    timed(evaluate, 1)
+    latency = statistics.median(timed(evaluate, 10))
 
     def summary(times, warm):
         med = statistics.median(times)
@@ -116,6 +119,7 @@ def main(cfg: dict) -> dict:
             "device_peak_bytes": torch.cuda.max_memory_allocated() if device == "cuda" else None,
             "num_params": sum(p.numel() for p in model.parameters()),
             "train": summary(train_times, warm_train), "eval": summary(eval_times, warm_eval),
+            "batch1_latency_s": {"eval": latency},
             "peak_rss_bytes": peak_rss_bytes(), "rss_before_steps_bytes": rss_before}
 
 

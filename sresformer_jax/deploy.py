@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .neurons import SPIKE_COUNTS, fire
-from .ops import conv2d, conv_lowering, dot, resolve_conv_impl
+from .ops import conv2d, conv_lowering, dot, kernels, resolve_conv_impl
 from .ops.conv import max_pool
 
 FORMAT = "sresformer_jax.deploy/1"
@@ -165,8 +165,7 @@ def _spike_operand(name: str, s: jax.Array) -> jax.Array:
 
 def _lif(x: jax.Array, threshold, w: jax.Array | None) -> jax.Array:
     """Spikes (bool) of a LIF (``w`` None) or PLIF (k = sigmoid(w)) with ``threshold``."""
-    k = None if w is None else jax.nn.sigmoid(w).astype(x.dtype)
-    return fire(x, threshold, k=k) > 0
+    return fire(x, threshold, k=None if w is None else jax.nn.sigmoid(w).astype(x.dtype), unroll=True)
 
 
 def forward(graph: Mapping[str, Any], w: Mapping[str, jax.Array], x: jax.Array, count_spikes: bool = False):
@@ -200,10 +199,16 @@ def forward(graph: Mapping[str, Any], w: Mapping[str, jax.Array], x: jax.Array, 
         return s
 
     def conv(c: _Conv, s: jax.Array) -> jax.Array:
-        if c.spikes:
-            s = _spike_operand(c.path, s).astype(dtype)
-        y = conv2d(s, w[f"{c.path}/kernel"].astype(dtype), c.stride, c.padding, c.groups,
-                   conv_lowering(impl, c.spikes), binary=c.spikes)
+        kernel = w[f"{c.path}/kernel"].astype(dtype)
+        if c.spikes and impl == "events":            # the event kernels visit the spikes only, read as bytes
+            lead = s.shape[:-3]
+            s = _spike_operand(c.path, s).astype(kernels.BYTES).reshape((-1,) + s.shape[-3:])
+            y = kernels.conv(s, kernel, c.stride, c.padding)
+            y = y.reshape(lead + y.shape[1:])
+        else:
+            if c.spikes:
+                s = _spike_operand(c.path, s).astype(dtype)
+            y = conv2d(s, kernel, c.stride, c.padding, c.groups, conv_lowering(impl, c.spikes))
         return (y + w[f"{c.path}/bias"].astype(y.dtype)).astype(dtype)
 
     convs = {c.path: c for c in _convs(arch)}
@@ -220,7 +225,7 @@ def forward(graph: Mapping[str, Any], w: Mapping[str, jax.Array], x: jax.Array, 
         if i:
             h = conv(convs[f"stage{s}_downsample/conv"], lif(f"stage{s}_downsample/lif", h))
         for b in range(1, n + 1):
-            h = _dssa(f"stage{s}_dssa{b}", h, heads, thresholds, lif, conv, convs)
+            h = _dssa(f"stage{s}_dssa{b}", h, heads, thresholds, lif, conv, convs, impl)
             name = f"stage{s}_gwffn{b}"
             u = conv(convs[f"{name}/up"], lif(f"{name}/up_lif", h))
             u = conv(convs[f"{name}/conv"], lif(f"{name}/conv_lif", u)) + u
@@ -230,8 +235,9 @@ def forward(graph: Mapping[str, Any], w: Mapping[str, jax.Array], x: jax.Array, 
     return (logits, {SPIKE_COUNTS: counts}) if count_spikes else logits
 
 
-def _dssa(name, x, heads, thresholds, lif, conv, convs):
-    """DSSA with the scales as thresholds: a = LIF(y1ᵀq; √(r_x·d)), o = LIF(a·y2; √(r_A·N′)) per head."""
+def _dssa(name, x, heads, thresholds, lif, conv, convs, impl):
+    """DSSA with the scales as thresholds: a = LIF(y1ᵀq; √(r_x·d)), o = LIF(a·y2; √(r_A·N′)) per head. The
+    attention map is computed query-major, [.., HW, N'] (its transpose): the same neurons, elementwise."""
     T, B, H, W, C = x.shape
     d = C // heads
     s = lif(f"{name}/lif_in", x)                                             # [T, B, H, W, C] bool
@@ -241,10 +247,19 @@ def _dssa(name, x, heads, thresholds, lif, conv, convs):
     y1, y2 = y[..., :d], y[..., d:]
     q = _spike_operand(f"{name}/matmul1", jnp.moveaxis(s.reshape(T, B, H * W, heads, d), 3, 2))   # [T, B, h, HW, d]
     per_head = lambda v: jnp.asarray(v, y.dtype)[:, None, None]              # noqa: E731  [h, 1, 1]
-    attn = dot("tbhnd,tbhmd->tbhnm", y1, q.astype(y.dtype)).astype(y.dtype)  # [T, B, h, N', HW]
+    events = impl == "events" and y.dtype in kernels.STATS_DTYPES           # float32/float64: the event matmul
+    if events:                                          # y1ᵀq and a·y2 over the spikes of q and a only
+        flat = lambda v: v.reshape((-1,) + v.shape[3:])                      # noqa: E731  [T·B·h, ...]
+        attn = kernels.binary_matmul(flat(q).astype(kernels.BYTES), flat(jnp.swapaxes(y1, -1, -2)))
+        attn = attn.reshape(T, B, heads, H * W, n_kv)                        # [T, B, h, HW, N']
+    else:
+        attn = jnp.swapaxes(dot("tbhnd,tbhmd->tbhnm", y1, q.astype(y.dtype)).astype(y.dtype), -1, -2)
     a = lif(f"{name}/lif_attn", attn, per_head(thresholds[name]["lif_attn"]), count_map=False)
-    a = _spike_operand(f"{name}/matmul2", a)
-    out = dot("tbhnm,tbhnd->tbhmd", a.astype(y.dtype), y2).astype(y.dtype)   # [T, B, h, HW, d]
+    a = _spike_operand(f"{name}/matmul2", a)                                 # [T, B, h, HW, N'] bool
+    if events:
+        out = kernels.binary_matmul(flat(a).astype(kernels.BYTES), flat(y2)).reshape(T, B, heads, H * W, d)
+    else:
+        out = dot("tbhmn,tbhnd->tbhmd", a.astype(y.dtype), y2).astype(y.dtype)    # [T, B, h, HW, d]
     out = jnp.moveaxis(out, 2, 3).reshape(T, B, H, W, C)
     o = lif(f"{name}/lif_out", out, jnp.repeat(jnp.asarray(thresholds[name]["lif_out"], y.dtype), d))  # per channel
     return conv(convs[f"{name}/proj"], o) + x

@@ -141,11 +141,18 @@ def plif(x_seq: jax.Array, w: jax.Array, v_threshold: float = 1.0, surrogate: st
 
 
 def fire(x_seq: jax.Array, v_threshold: float | jax.Array = 1.0, *, tau: float = 2.0, k: jax.Array | None = None,
-         surrogate: str = "atan", unroll: int | bool = 1) -> jax.Array:
-    """The forward of ``lif`` (``tau``) or, given ``k`` = sigmoid(w), of ``plif``: spikes [T, ...] in x's dtype, by
-    the same scan. ``v_threshold`` may be an array that broadcasts against one time step (a threshold per head
-    or channel, as the deploy form uses). For inference: no custom VJP."""
-    _check_surrogate(surrogate)
-    if k is None:
-        return _multistep_fwd(x_seq, jnp.zeros((), x_seq.dtype), float(tau), v_threshold, surrogate, None, unroll)[0]
-    return _multistep_fwd(x_seq, jnp.asarray(k, x_seq.dtype), None, v_threshold, surrogate, None, unroll)[0]
+         unroll: int | bool = 1) -> jax.Array:
+    """The forward of ``lif`` (``tau``) or, given ``k`` = sigmoid(w), of ``plif``, for inference: spikes [T, ...] as
+    ``bool``. The same arithmetic as ``lif``/``plif`` (bit for bit: charge by ``_charge``, fire at H ≥ V_th, which
+    equals Θ(H − V_th), reset to 0), as a scan that carries V and emits the spikes of each step, so that no
+    membrane buffer is written. ``v_threshold`` may be an array that broadcasts against one time step (a
+    threshold per head or channel, as the deploy form uses). Not differentiable."""
+    kk = None if k is None else jnp.asarray(k, x_seq.dtype)
+    t = None if k is not None else float(tau)
+
+    def step(v, x):
+        h = _charge(v, x, kk, t)
+        s = h >= v_threshold
+        return jnp.where(s, jnp.zeros_like(h), h), s
+
+    return jax.lax.scan(step, jnp.zeros_like(x_seq[0]), x_seq, unroll=unroll)[1]

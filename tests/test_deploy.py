@@ -19,6 +19,7 @@ from sresformer_jax.model import STATE_COLLECTIONS
 from sresformer_jax.neurons import SPIKE_COUNTS
 
 from conftest import GOLDEN_FILES, load_golden
+from test_train_e2e import straight  # noqa: F401  (the shared 4-step training run)
 
 IMPLS = ["xla"] + (["events"] if jax.default_backend() == "cpu" else [])
 
@@ -136,3 +137,23 @@ def test_bad_deploy_files_are_refused_with_the_names(tmp_path, x64):
         deploy.load(path)
     with pytest.raises(deploy.DeployFileError, match="expected a directory written by"):
         deploy.load(tmp_path)
+
+
+@pytest.mark.slow
+def test_export_command_and_eval_deploy_on_a_training_run(straight, tmp_path):
+    """As a user runs them: `python -m sresformer_jax.deploy export` on a run's best checkpoint, and
+    `eval.py --deploy`, which reports the deploy form next to the training form."""
+    import json
+
+    from test_train_e2e import run
+    wd, _ = straight
+    out = tmp_path / "m.deploy"
+    p = run(["-m", "sresformer_jax.deploy", "export", f"--checkpoint={wd}/best", f"--out={out}"])
+    assert "wrote" in p.stdout and (out / "graph.json").is_file() and (out / "weights.safetensors").is_file()
+    again = run(["-m", "sresformer_jax.deploy", "export", f"--checkpoint={wd}/best", f"--out={out}"], check=False)
+    assert again.returncode == 2 and "already exists" in again.stderr and "Traceback" not in again.stderr
+    e = run(["eval.py", f"--workdir={wd}", "--deploy"])
+    assert "deploy form    top-1" in e.stdout and "prediction differs from the training form" in e.stdout
+    report = json.loads((wd / "eval.json").read_text())["deploy"]
+    assert report["num_images"] == 359 and 0 <= report["predictions_differ"] <= 1
+    assert report["sops_per_image"] > 0 and len(report["firing_rates"]) == 38

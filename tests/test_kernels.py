@@ -42,7 +42,7 @@ def test_the_library_lists_its_handlers(event_kernels):
     kinds = {"EventConvFwd": ("F32", "F64", "BF16", "U8F32", "U8F64", "U8BF16"),
              "EventConvKernelGrad": ("F32", "F64", "BF16", "U8F32", "U8F64"),
              "DenseConvFwd": ("F32", "F64", "BF16"), "BatchNormStats": ("F32", "F64"),
-             "BatchNormGradStats": ("F32", "F64")}
+             "BatchNormGradStats": ("F32", "F64"), "EventMatmulFwd": ("F32", "F64")}
     assert event_kernels.targets == {k + s for k, suffixes in kinds.items() for s in suffixes}
     with pytest.raises(ValueError, match="no compiled kernel DenseConvFwdU8"):
         kernels.dense_conv(jnp.zeros((1, 4, 4, 2), jnp.uint8), jnp.zeros((3, 3, 2, 2)), 1, 1)
@@ -50,7 +50,7 @@ def test_the_library_lists_its_handlers(event_kernels):
 
 @pytest.mark.slow
 def test_prebuild_command(tmp_path):
-    p = subprocess.run([sys.executable, "-m", "sresformer_jax.ops.kernels"], capture_output=True, text=True,
+    p = subprocess.run([sys.executable, "-m", "sresformer_jax.ops"], capture_output=True, text=True,
                        timeout=600, env={**os.environ, kernels.CACHE_ENV: str(tmp_path)})
     assert p.returncode == 0, p.stderr
     assert "built in" in p.stdout and "EventConvFwdU8F32" in p.stdout
@@ -191,3 +191,17 @@ def test_model_training_step_runs_on_the_event_kernels():
     assert fwd == grad == 3 * 5 + 2, (fwd, grad)
     model = create_model("spikingresformer_cifar", conv_impl="slices", **kw)     # the same model, as matmuls
     assert "sresformer_" not in jax.jit(jax.grad(loss)).lower(variables).as_text()
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_binary_matmul_equals_the_dense_product(dtype, x64):
+    """The deploy form's DSSA product: a batched matmul over the events of a binary left operand (one kernel per
+    batch entry) equals the dense product; float64 exactly up to summation order."""
+    s = _spikes((6, 37, 70), 0.12, jnp.uint8, seed=5)
+    k = _normal((6, 70, 150), dtype, seed=6)
+    got = kernels.binary_matmul(s, k)
+    want = jnp.einsum("npc,nco->npo", s.astype(dtype), k, precision="highest")
+    assert got.dtype == dtype and got.shape == (6, 37, 150)
+    np.testing.assert_allclose(got, want, rtol=1e-12 if dtype == jnp.float64 else 1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="takes spikes as uint8"):
+        kernels.binary_matmul(s.astype(dtype), k)

@@ -156,3 +156,16 @@ def test_neuron_custom_vjp_equals_autodiff_through_the_scan(x64, kind):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
     if kind == "PLIF":
         assert abs(float(vjp1(ct)[1])) > 0
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_fire_is_the_neurons_forward_bit_for_bit(dtype):
+    """``fire`` (the deploy form's inference scan: it carries V and emits bool spikes) gives exactly the spikes of
+    ``lif``/``plif``; a threshold array broadcasts per channel (all ones: the scalar threshold's spikes)."""
+    from sresformer_jax.neurons import fire
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((6, 3, 5, 4)) * 1.5 + 0.6, dtype)
+    np.testing.assert_array_equal(fire(x), lif(x) > 0)
+    w = jnp.asarray(0.3, jnp.float32)
+    np.testing.assert_array_equal(fire(x, k=jax.nn.sigmoid(w).astype(dtype)), plif(x, w) > 0)
+    np.testing.assert_array_equal(fire(x, jnp.ones((4,), dtype)), fire(x))
+    assert fire(x).dtype == jnp.bool_

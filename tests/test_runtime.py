@@ -62,7 +62,8 @@ def test_a_preloaded_malloc_also_cuts_the_faults(name):
         pytest.skip(f"{runtime.DEBIAN_PACKAGES[name]} is not installed")
     system = json.loads(_python(FAULTS, _base_env()).stdout.splitlines()[-1])
     preloaded = json.loads(_python(FAULTS, runtime.allocator_env(name, _base_env())).stdout.splitlines()[-1])
-    assert preloaded["faults"] < system["faults"] // 10, (system, preloaded)
+    # it keeps freed blocks mapped: at most one of the three calls faults its 128 MiB in (glibc: all three)
+    assert preloaded["faults"] <= system["faults"] // 3 + 64, (system, preloaded)
 
 
 def test_tunables_are_edited_not_replaced():

@@ -12,7 +12,8 @@ Work and memory traffic scale with the number of events instead of the number of
 bytes (``BYTES``): exact for 0/1, a quarter of float32's traffic. The values equal the dense convolution's up
 to the order of the float additions, for any input (zeros are skipped, every other value is used). The input
 gradient is dense: ``dense_conv`` computes it for stride-1 k×k convolutions (Winograd F(2×2, 3×3) for float32
-3×3 with 64-channel groups). ``batch_norm_stats`` and ``batch_norm_grad_stats`` read their inputs once, where
+3×3 with 64-channel groups). ``binary_matmul`` is a batched matrix product of spikes (the deploy form's DSSA
+products). ``batch_norm_stats`` and ``batch_norm_grad_stats`` read their inputs once, where
 XLA:CPU's reductions first write x − μ and dy·(x − μ) out in full.
 
 **Build.** The sources (``csrc/``) are compiled with the system C++ compiler (``$CXX``, else
@@ -21,7 +22,7 @@ XLA:CPU's reductions first write x − μ and dy·(x − μ) out in full.
 so a cluster of mixed CPUs or a jaxlib upgrade gets its own build. ``load()`` builds when needed, loads the
 library and registers every handler the library lists (``csrc/registry.h``) as ``sresformer_<name>``. A model
 calls it when it resolves its lowering (``resolve_conv_impl``), before anything is traced; the calls below
-refuse to run before it. ``python -m sresformer_jax.ops.kernels`` builds ahead of time (e.g. in a container
+refuse to run before it. ``python -m sresformer_jax.ops`` builds ahead of time (e.g. in a container
 image) and prints what it did.
 
 On a multi-device CPU mesh XLA's SPMD partitioner does not know these custom calls: it all-gathers their inputs
@@ -219,6 +220,17 @@ def dense_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> ja
                  padding)
 
 
+def binary_matmul(s: jax.Array, kernel: jax.Array) -> jax.Array:
+    """y[n, p, o] = Σ_c s[n, p, c] · K[n, c, o] for a binary ``s`` [N, P, C] (bytes; its events only) and
+    ``kernel`` [N, C, O] of float32 or float64: the deploy form's DSSA products, one kernel per (step, image, head).
+    Returns [N, P, O] in the kernel's dtype. Not differentiable."""
+    if jnp.dtype(s.dtype) != BYTES:
+        raise ValueError(f"binary_matmul takes spikes as {BYTES.name}, got {s.dtype}")
+    out = jax.ShapeDtypeStruct((s.shape[0], s.shape[1], kernel.shape[2]), kernel.dtype)
+    return jax.ffi.ffi_call(_target("EventMatmulFwd", _SUFFIX.get(jnp.dtype(kernel.dtype), "?")), out,
+                            vmap_method="sequential")(s, kernel)
+
+
 def _stats_call(kind: str, x: jax.Array, *operands: jax.Array) -> tuple[jax.Array, jax.Array]:
     """One BatchNorm statistics call for x's dtype: two per-channel results [C]."""
     out = jax.ShapeDtypeStruct((x.shape[-1],), x.dtype)
@@ -237,7 +249,7 @@ def batch_norm_grad_stats(x: jax.Array, dy: jax.Array, mean: jax.Array) -> tuple
 
 
 def main(argv=None) -> int:
-    """``python -m sresformer_jax.ops.kernels``: build (or find) the kernels for this host and list them."""
+    """``python -m sresformer_jax.ops``: build (or find) the kernels for this host and list them."""
     del argv
     try:
         lib = load()
@@ -248,6 +260,3 @@ def main(argv=None) -> int:
     print(f"{lib.path}: {how}; {len(lib.targets)} FFI targets: {', '.join(sorted(lib.targets))}")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

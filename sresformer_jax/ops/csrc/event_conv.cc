@@ -768,6 +768,45 @@ ffi::Error DenseConvFwd(ffi::ThreadPool pool, ffi::Buffer<D> x, ffi::Buffer<D> k
   return ffi::Error::Success();
 }
 
+// ---------------------------------------------------------------------------------------------------
+// Batched matrix product with a binary left operand (the deploy form's DSSA products, where the queries or the
+// attention map are spikes):  y[n, p, o] = Σ over the events c of s[n, p, ·] of s[n, p, c] · K[n, c, o].
+// s [N, P, C] bytes, K [N, C, O] and y [N, P, O] float32 or float64. Tasks: one image n and a block of rows p;
+// a row's events are listed once, then summed into ≤ 64-wide register tiles of its output row.
+template <ffi::DataType D>
+ffi::Error EventMatmulFwd(ffi::ThreadPool pool, ffi::Buffer<ffi::U8> s, ffi::Buffer<D> k,
+                          ffi::ResultBuffer<D> y) {
+  using A = typename Elem<D>::Acc;
+  const auto sd = s.dimensions(), kd = k.dimensions();
+  if (sd.size() != 3 || kd.size() != 3 || sd[0] != kd[0] || sd[2] != kd[1])
+    return ffi::Error::InvalidArgument("event_matmul: s must be [N, P, C] and K [N, C, O]");
+  const int64_t n_img = sd[0], rows = sd[1], c_in = sd[2], c_out = kd[2];
+  constexpr int64_t kRows = 32;
+  const int64_t blocks = (rows + kRows - 1) / kRows, ntasks = n_img * blocks;
+  const int64_t nw = workers(pool, ntasks);
+  std::vector<std::vector<int32_t>> events(nw, std::vector<int32_t>(static_cast<size_t>(c_in)));
+  const uint8_t* sin = s.typed_data();
+  const A* kin = k.typed_data();
+  A* out = y->typed_data();
+  run_tasks(pool, ntasks, nw, [&](int64_t w, int64_t t) {
+    const int64_t img = t / blocks, p0 = (t % blocks) * kRows, p1 = std::min(rows, p0 + kRows);
+    const A* kimg = kin + img * c_in * c_out;
+    int32_t* ev = events[w].data();
+    for (int64_t p = p0; p < p1; ++p) {
+      const uint8_t* sp = sin + (img * rows + p) * c_in;
+      int32_t count = 0;
+      for_each_nonzero<Elem<ffi::U8>>(sp, c_in, [&](int64_t c) { ev[count++] = static_cast<int32_t>(c); });
+      A* yp = out + (img * rows + p) * c_out;
+      for (int64_t o0 = 0; o0 < c_out; o0 += 64) {
+        Tile<A> acc(std::min<int64_t>(64, c_out - o0));
+        for (int32_t e = 0; e < count; ++e) acc.fma(static_cast<A>(sp[ev[e]]), kimg + ev[e] * c_out + o0);
+        acc.store(yp + o0);
+      }
+    }
+  });
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 // Handlers, named by the input type (F32, F64, BF16) or, for byte spikes x, U8 and the type of the second
@@ -808,6 +847,15 @@ KERNEL_GRAD(U8F64, ffi::U8, ffi::F64)
 HANDLER(DenseConvFwdF32, DenseConvFwd<ffi::F32>, ffi::F32, ffi::F32, ffi::F32)
 HANDLER(DenseConvFwdF64, DenseConvFwd<ffi::F64>, ffi::F64, ffi::F64, ffi::F64)
 HANDLER(DenseConvFwdBF16, DenseConvFwd<ffi::BF16>, ffi::BF16, ffi::BF16, ffi::F32)
+#define MATMUL_HANDLER(SUFFIX, D)                                              \
+  SRESFORMER_HANDLER(EventMatmulFwd##SUFFIX, EventMatmulFwd<D>,                \
+                     ffi::Ffi::Bind()                                          \
+                         .Ctx<ffi::ThreadPool>()                               \
+                         .Arg<ffi::Buffer<ffi::U8>>()                          \
+                         .Arg<ffi::Buffer<D>>()                                \
+                         .Ret<ffi::Buffer<D>>())
+MATMUL_HANDLER(F32, ffi::F32);
+MATMUL_HANDLER(F64, ffi::F64);
 
 // The handler list (registry.h), for ops/kernels.py.
 extern "C" int64_t sresformer_num_targets() { return static_cast<int64_t>(sresformer::targets().size()); }
