@@ -366,7 +366,7 @@ def find_train_checkpoint(path: str | os.PathLike, prefer: str = "best") -> Path
     """The step directory to use for a training workdir (``best`` or ``latest``), or None if there is none."""
     path = Path(path).absolute()
     order = ("best", "checkpoints") if prefer == "best" else ("checkpoints", "best")
-    for sub in order:
+    for sub in (*order, "."):            # "." : ``path`` is itself ``best/`` or ``checkpoints/``
         d = path / sub
         steps = sorted((int(p.name) for p in d.iterdir() if p.name.isdigit()), reverse=True) if d.is_dir() else []
         if steps:
@@ -384,6 +384,6 @@ def load_variables(path: str | os.PathLike, prefer: str = "best") -> tuple[dict,
     step_dir = path if (path / "meta").is_dir() and (path / "state").is_dir() else find_train_checkpoint(path, prefer)
     if step_dir is None:
         raise FileNotFoundError(f"no checkpoint at {path}: expected a training workdir (with checkpoints/ or "
-                                f"best/), one of its step directories, or {_EXPECTED}")
+                                f"best/), its best/ or checkpoints/, one of their step directories, or {_EXPECTED}")
     meta, variables = _restore_train_variables(step_dir)
     return meta["model_config"], variables

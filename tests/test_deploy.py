@@ -154,6 +154,9 @@ def test_export_command_and_eval_deploy_on_a_training_run(straight, tmp_path):
     assert again.returncode == 2 and "already exists" in again.stderr and "Traceback" not in again.stderr
     e = run(["eval.py", f"--workdir={wd}", "--deploy"])
     assert "deploy form    top-1" in e.stdout and "prediction differs from the training form" in e.stdout
-    report = json.loads((wd / "eval.json").read_text())["deploy"]
+    full = json.loads((wd / "eval.json").read_text())
+    report = full["deploy"]
     assert report["num_images"] == 359 and 0 <= report["predictions_differ"] <= 1
-    assert report["sops_per_image"] > 0 and len(report["firing_rates"]) == 38
+    # a 4-step run may not spike yet; the two forms must still count the same
+    assert report["sops_per_image"] == pytest.approx(full["sops_per_image"], rel=1e-3, abs=1e-6)
+    assert len(report["firing_rates"]) == len(full["firing_rates"]) == 38
