@@ -2,7 +2,8 @@
 official PyTorch implementation (a checkout the user supplies).
 
     python benchmarks/bench.py --model spikingresformer_cifar --img-size 32 --T 4 --batch 32 [--num-classes 10]
-        [--steps 3] [--warmup 1] [--precision float32|bfloat16] [--conv-impl auto|xla|slices|events] [--remat]
+        [--steps 3] [--warmup 1] [--precision float32|bfloat16|float16] [--conv-impl auto|xla|slices|events]
+        [--remat none|block|spikes]
         [--host-memory huge|system|retain|jemalloc|tcmalloc|mimalloc] [--out PATH]
         [--official-dir DIR --official-python PYTHON [--official-host-memory same|...] [--official-amp]]
         [--max-batch CAP]
@@ -179,7 +180,7 @@ def calibrated_batch_stats(model, variables: dict, images) -> dict:
 # ---------------------------------------------------------------------------------------------- ours (JAX)
 def bench_ours(model_name: str, img_size: int, T: int, batch: int, num_classes: int = 10, steps: int = 3,
                warmup: int = 1, precision: str = "float32", model_overrides: dict | None = None,
-               peak_flops: float | None = None, log=print, remat: bool = False, conv_impl: str = "auto",
+               peak_flops: float | None = None, log=print, remat: str = "none", conv_impl: str = "auto",
                train_only: bool = False) -> dict[str, Any]:
     """Times our jitted train and eval steps, built as the trainer builds them; returns a JSON-able dict."""
     import jax
@@ -190,6 +191,7 @@ def bench_ours(model_name: str, img_size: int, T: int, batch: int, num_classes: 
     from sresformer_jax.energy import spike_totals
     from sresformer_jax.model import count_params
     from sresformer_jax.training.optim import make_optimizer
+    from sresformer_jax.training.loss_scale import make_loss_scale
     from sresformer_jax.training.state import create_train_state
     from sresformer_jax.training.steps import eval_step, train_step
     from sresformer_jax.training.trainer import build_model, describe_lowering
@@ -203,7 +205,9 @@ def bench_ours(model_name: str, img_size: int, T: int, batch: int, num_classes: 
     input_shape = (img_size, img_size, model.in_channels)
 
     t0 = time.perf_counter()
-    state = _block(jax.jit(lambda r: create_train_state(model, tx, r, input_shape))(jax.random.PRNGKey(0)))
+    scale = make_loss_scale(precision)                  # float16: GradScaler's dynamic scaling, as in training
+    state = _block(jax.jit(lambda r: create_train_state(model, tx, r, input_shape, loss_scale=scale))(
+        jax.random.PRNGKey(0)))
     init_s = time.perf_counter() - t0
     log(f"[ours] init {init_s:.1f}s, {count_params(state.params):,} params, conv_impl {describe_lowering(model)}")
 
@@ -246,7 +250,10 @@ def bench_ours(model_name: str, img_size: int, T: int, batch: int, num_classes: 
     eval_times = timed(run_eval, steps)
     log(f"[ours] eval step median {statistics.median(eval_times):.2f}s ({eval_times})")
 
-    deploy_res, latency = bench_deploy(model, variables, images, max(steps, 3), log)
+    if precision == "float32":
+        deploy_res, latency = bench_deploy(model, variables, images, max(steps, 3), log)
+    else:                                  # the deploy form is a float32 inference program
+        deploy_res, latency = None, None
 
     # The event kernels' speed depends on how many neurons fire: the rate of the benchmarked batch.
     _, counts = jax.jit(functools.partial(eval_step, model=model, count_spikes=True))(variables, eval_batch)
@@ -349,7 +356,7 @@ def worker_cmd(a, batch: int | None = None, probe: bool = False) -> list[str]:
            str(a.img_size), "--T", str(a.T), "--batch", str(batch or a.batch), "--num-classes", str(a.num_classes),
            "--steps", str(a.steps), "--warmup", str(a.warmup), "--precision", a.precision, "--conv-impl",
            a.conv_impl, "--matmul-size", str(a.matmul_size)]
-    return cmd + (["--remat"] if a.remat else []) + (["--probe-train-step"] if probe else [])
+    return cmd + ["--remat", a.remat] + (["--probe-train-step"] if probe else [])
 
 
 def bench_official(a, batch: int | None = None, steps: int | None = None, warmup: int | None = None,
@@ -500,10 +507,11 @@ def main(argv=None) -> dict:
     p.add_argument("--num-classes", type=int, default=10)
     p.add_argument("--steps", type=int, default=3, help="timed steps (median reported)")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps after compilation")
-    p.add_argument("--precision", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--precision", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--conv-impl", default="auto", choices=["auto", "xla", "slices", "events"],
                    help="our model's lowering (config.model.conv_impl)")
-    p.add_argument("--remat", action="store_true", help="jax.checkpoint per DSSA/GWFFN block (config.remat)")
+    p.add_argument("--remat", nargs="?", const="block", default="none", choices=["none", "block", "spikes"],
+                   help="remat policy per DSSA/GWFFN block (config.remat; bare --remat: block)")
     p.add_argument("--host-memory", default="huge", choices=runtime.ALLOCATORS,
                    help="the host allocator our process starts with (sresformer_jax/runtime.py)")
     p.add_argument("--matmul-size", type=int, default=2048, help="n of the n×n fp32 matmul peak reference")

@@ -37,7 +37,7 @@ def main(argv=None) -> dict:
     p.add_argument("--conv-impl", default="auto", choices=["auto", "xla", "slices", "events"])
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
-    a.remat, a.matmul_size = False, 2048
+    a.remat, a.matmul_size = "none", 2048
     runs = []
     for r in range(a.rounds):
         for name in a.allocators:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
+from jax.ad_checkpoint import checkpoint_name
 
 from .layers import ConvBN, Dtype, Neuron
 from .ops import dot
@@ -100,6 +101,7 @@ class DSSA(nn.Module):
         rate_x = _firing_rate(r_x, jnp.mean(jax.lax.stop_gradient(q).astype(stat), (0, 1, 3, 4)),
                               train, self.momentum, init)                     # [h]
         c1 = 1.0 / jnp.sqrt(rate_x * d)
+        y1, q = checkpoint_name(y1, "attention_operand"), checkpoint_name(q, "attention_operand")
         attn = dot("tbhnd,tbhmd->tbhnm", y1, q)                               # [T, B, h, N', HW]
         attn = (attn * c1[:, None, None]).astype(y.dtype)
         a = neuron("lif_attn", count_map=False)(attn)                         # spiking attention map
@@ -107,6 +109,7 @@ class DSSA(nn.Module):
         rate_a = _firing_rate(r_attn, jnp.mean(jax.lax.stop_gradient(a).astype(stat), (0, 1, 3, 4)),
                               train, self.momentum, init)                     # [h]
         c2 = 1.0 / jnp.sqrt(rate_a * n_kv)
+        a, y2 = checkpoint_name(a, "attention_operand"), checkpoint_name(y2, "attention_operand")
         out = dot("tbhnm,tbhnd->tbhmd", a, y2)                                # [T, B, h, HW, d]
         out = (out * c2[:, None, None]).astype(y.dtype)
         out = jnp.moveaxis(out, 2, 3).reshape(T, B, H, W, C)                  # head-major channels

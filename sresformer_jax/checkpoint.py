@@ -198,6 +198,16 @@ _SHAPE_MISMATCH = ("not compatible with the stored shape", "shape mismatch", "Sh
                    "does not match the shape", "tree structures do not match")     # another model, not damage
 
 
+def _train_state_dict(state) -> dict:
+    """The TrainState as orbax stores it: its state dict, without the loss scale when it has no leaves (every
+    precision but float16), so that those checkpoints keep one layout."""
+    from flax import serialization
+    d = serialization.to_state_dict(state)
+    if d.get("loss_scale") == {}:
+        del d["loss_scale"]
+    return d
+
+
 def _manager(directory: Path, keep: int) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False,
                                            cleanup_tmp_directories=True)
@@ -252,8 +262,7 @@ class TrainCheckpoints:
 
     @staticmethod
     def _args(state, meta) -> ocp.args.Composite:
-        from flax import serialization
-        return ocp.args.Composite(state=ocp.args.StandardSave(serialization.to_state_dict(state)),
+        return ocp.args.Composite(state=ocp.args.StandardSave(_train_state_dict(state)),
                                   meta=ocp.args.JsonSave(json.loads(json.dumps(meta, default=str))))
 
     def save(self, step: int, state, meta: Mapping[str, Any]) -> None:
@@ -298,9 +307,9 @@ class TrainCheckpoints:
         for step in steps:
             try:
                 restored = self._latest.restore(step, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(serialization.to_state_dict(abstract_state)),
+                    state=ocp.args.StandardRestore(_train_state_dict(abstract_state)),
                     meta=ocp.args.JsonRestore()))
-                state = serialization.from_state_dict(abstract_state, restored["state"])
+                state = serialization.from_state_dict(abstract_state, {"loss_scale": {}, **restored["state"]})
                 self._set_aside(bad)
                 return state, dict(restored["meta"])
             except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many kinds

@@ -13,6 +13,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
+from jax.ad_checkpoint import checkpoint_name
 
 from .neurons import SPIKE_COUNTS, lif, plif
 from .ops import batch_norm_train, conv2d, conv_lowering, uses_stats_kernels
@@ -57,9 +58,8 @@ class BatchNorm(nn.Module):
         ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), self.param_dtype))
         ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), self.param_dtype))
         stat_dtype = jnp.promote_types(x.dtype, jnp.float32)
-        xs = x.astype(stat_dtype)
-        if train:
-            y, mean, var = batch_norm_train(xs, scale.astype(stat_dtype), bias.astype(stat_dtype), self.epsilon,
+        if train:                   # x as it comes (bf16 under bf16 compute, as autocast); statistics in float32
+            y, mean, var = batch_norm_train(x, scale.astype(stat_dtype), bias.astype(stat_dtype), self.epsilon,
                                              self.stats_kernels)
             if not self.is_initializing():
                 n = repeat * (x.size // c)
@@ -69,8 +69,8 @@ class BatchNorm(nn.Module):
                     self.param_dtype)
             return y.astype(self.dtype or x.dtype)
         mean, var = ra_mean.value.astype(stat_dtype), ra_var.value.astype(stat_dtype)
-        y = (xs - mean) * jax.lax.rsqrt(var + self.epsilon) * scale.astype(stat_dtype) + bias.astype(
-            stat_dtype)
+        y = ((x.astype(stat_dtype) - mean) * jax.lax.rsqrt(var + self.epsilon) * scale.astype(stat_dtype)
+             + bias.astype(stat_dtype))
         return y.astype(self.dtype or x.dtype)
 
 
@@ -99,8 +99,9 @@ class ConvBN(nn.Module):
         kernel = self.param("kernel", trunc_normal_init(0.02), (k, k, cin // self.groups, self.features),
                             self.param_dtype)
         dtype = self.dtype or x.dtype
-        y = conv2d(x.astype(dtype), kernel.astype(dtype), self.stride, self.padding, self.groups,
-                   conv_lowering(self.conv_impl, self.spikes), binary=self.spikes)
+        kernel = checkpoint_name(kernel.astype(dtype), "param_copy")      # the compute-dtype copy (bf16: kept)
+        y = conv2d(x.astype(dtype), kernel, self.stride, self.padding, self.groups,
+                   conv_lowering(self.conv_impl, self.spikes), binary=self.spikes).astype(dtype)
         return BatchNorm(dtype=dtype, param_dtype=self.param_dtype, stats_kernels=uses_stats_kernels(
             self.conv_impl), name="bn")(y, train, repeat)
 
@@ -128,6 +129,7 @@ class Neuron(nn.Module):
             s = plif(x_seq, w, self.v_threshold, self.surrogate, self.alpha, self.unroll)
         else:
             raise ValueError(f"unknown neuron kind {self.kind!r}; choose 'LIF' or 'PLIF'")
+        s = checkpoint_name(s, "spikes")      # names what the backward keeps (memory report, remat policies)
         if self.is_mutable_collection(SPIKE_COUNTS) and not self.is_initializing():
             # Exact integer counts (only computed when the caller asks for this collection).
             si = jax.lax.stop_gradient(s).astype(jnp.int32)

@@ -13,6 +13,7 @@ from typing import Any, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
+from jax.ad_checkpoint import checkpoint_name
 
 from . import trees
 from .attention import DSSA, FIRING_RATES, FiringRatesNotSetError, check_firing_rates
@@ -58,6 +59,25 @@ class Downsample(nn.Module):
                       dtype=self.dtype, param_dtype=self.param_dtype, name="conv")(s, train)
 
 
+# What each DSSA/GWFFN block keeps for its backward pass (``remat``); the rest is recomputed there. Values are
+# named where they are made (``jax.ad_checkpoint.checkpoint_name``): "spike_bytes" (spikes a convolution keeps,
+# int8), "membrane", "bn_input", "attention_operand", "block_input" (see docs/performance.md, memory).
+REMAT_POLICIES = {
+    "none": None,                                                          # no remat: autodiff keeps what it needs
+    "block": jax.checkpoint_policies.nothing_saveable,                     # only the block's input
+    "spikes": jax.checkpoint_policies.save_only_these_names("spike_bytes"),   # + the convolutions' spike bytes
+}
+
+
+def remat_policy(remat: str | bool) -> str:
+    """The name of a remat policy (``REMAT_POLICIES``); ``True``/``False`` mean "block"/"none"."""
+    if isinstance(remat, bool):
+        return "block" if remat else "none"
+    if remat not in REMAT_POLICIES:
+        raise ValueError(f"remat must be one of {sorted(REMAT_POLICIES)} (or a bool), got {remat!r}")
+    return remat
+
+
 class SpikingResformer(nn.Module):
     """The SpikingResformer network. Fields are the official constructor's arguments.
 
@@ -84,10 +104,11 @@ class SpikingResformer(nn.Module):
     dvs: bool = False                  # input carries its own time axis [B, T, H, W, C]
     dtype: Dtype | None = None         # computation dtype (None: the input's)
     param_dtype: Dtype = jnp.float32
-    remat: bool = False                # recompute each DSSA/GWFFN block's activations in the backward pass
+    remat: str | bool = "none"         # REMAT_POLICIES: what each DSSA/GWFFN block keeps for the backward pass
     conv_impl: str = "auto"            # "auto" | "xla" | "slices" | "events", resolved in __post_init__
 
     def __post_init__(self):
+        object.__setattr__(self, "remat", remat_policy(self.remat))
         if self.conv_impl not in CONV_IMPLS:
             raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {self.conv_impl!r}")
         if self.conv_impl == "auto":   # once, here: the programs traced later read the concrete value only
@@ -185,14 +206,18 @@ class SpikingResformer(nn.Module):
         if not self.dvs:
             x = jnp.broadcast_to(x[None], (self.T,) + x.shape)                # direct encoding
         dssa, gwffn = DSSA, GWFFN
-        if self.remat:                       # jax.checkpoint per block: activations recomputed, not stored
-            dssa, gwffn = nn.remat(DSSA, static_argnums=(2,)), nn.remat(GWFFN, static_argnums=(2,))
+        if self.remat != "none":             # jax.checkpoint per block: what the policy does not keep is recomputed
+            policy = REMAT_POLICIES[self.remat]
+            dssa = nn.remat(DSSA, static_argnums=(2,), policy=policy)
+            gwffn = nn.remat(GWFFN, static_argnums=(2,), policy=policy)
         for i, (n, c, h, p) in enumerate(zip(self.blocks, self.planes, self.num_heads, self.patch_sizes)):
             s = i + 1
             if i:
                 x = Downsample(c, self.activation, name=f"stage{s}_downsample", **lowered)(x, train)
             for k in range(1, n + 1):
+                x = checkpoint_name(x, "block_input")                         # [T, B, H, W, C]
                 x = dssa(c, h, p, self.activation, name=f"stage{s}_dssa{k}", **lowered)(x, train)
+                x = checkpoint_name(x, "block_input")
                 x = gwffn(c, group_size=self.group_size, neuron=self.activation,
                           name=f"stage{s}_gwffn{k}", **lowered)(x, train)
         x = jnp.mean(x, axis=(2, 3))                                          # [T, B, D3]
@@ -208,8 +233,8 @@ def config_for(name: str, **overrides) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}
 
 
-def create_model(name: str, dtype: Dtype | None = None, param_dtype: Dtype = jnp.float32, remat: bool = False,
-                 conv_impl: str = "auto", **overrides) -> SpikingResformer:
+def create_model(name: str, dtype: Dtype | None = None, param_dtype: Dtype = jnp.float32,
+                 remat: str | bool = "none", conv_impl: str = "auto", **overrides) -> SpikingResformer:
     """A registered variant: ``create_model("spikingresformer_cifar", num_classes=100, img_size=32)``.
     ``conv_impl``: "auto" (the platform's best, resolved now), "xla", "slices" or "events" (``ops.lowering``)."""
     return SpikingResformer.from_config(config_for(name, **overrides), dtype=dtype,

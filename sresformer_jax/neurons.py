@@ -19,6 +19,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from .ops.scan import buffer_slice, buffer_write, scan_buffer
 
@@ -99,7 +100,8 @@ def _multistep_fwd(x_seq, k, tau, v_threshold, surrogate, alpha, unroll):
         return buffer_write(h_buf, t, _charge(v, x, k, tau)), None
 
     h_seq = scan_buffer(step, x_seq, (x_seq,), reverse=False, unroll=unroll)
-    return spike(h_seq - v_threshold, surrogate, alpha), (h_seq, x_seq if tau is None else None, k)
+    res = (checkpoint_name(h_seq, "membrane"), checkpoint_name(x_seq, "neuron_input") if tau is None else None, k)
+    return spike(h_seq - v_threshold, surrogate, alpha), res
 
 
 def _multistep_bwd(tau, v_threshold, surrogate, alpha, unroll, res, ds_seq):

@@ -94,6 +94,21 @@ def test_slices_equals_xla_float32(case):
     _compare(case, jnp.float32, 1e-5)
 
 
+@pytest.mark.parametrize("case", ALL_CASES)
+def test_xla_conv_of_spikes_keeps_bits_and_equals_autodiff_float64(case, x64):
+    """``binary`` on XLA's lowering: the backward keeps the spikes packed as bits (or bytes) and its gradients
+    equal autodiff of the plain convolution."""
+    _compare(case, jnp.float64, 1e-12, impl="xla", spikes=True, binary=True)
+
+
+def test_spike_bits_round_trip():
+    from sresformer_jax.ops.conv import pack_bits, unpack_bits
+    s = (_normal((2, 3, 3, 24), jnp.float32) > 0.5).astype(jnp.float32)
+    packed = pack_bits(s)
+    assert packed.dtype == jnp.uint8 and packed.shape == (2, 3, 3, 3)
+    np.testing.assert_array_equal(unpack_bits(packed, jnp.float32), s)
+
+
 @pytest.mark.parametrize("spikes", [True, False], ids=["spikes", "dense"])
 @pytest.mark.parametrize("case", ALL_CASES)
 def test_events_equals_xla_float64(case, spikes, x64, event_kernels):

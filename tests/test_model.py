@@ -210,8 +210,10 @@ def test_bfloat16_training_step_of_the_real_cifar_model_runs():
 
 
 @pytest.mark.slow
-def test_remat_blocks_give_the_same_loss_gradients_and_statistics():
-    """``remat=True`` (jax.checkpoint per DSSA/GWFFN block) recomputes activations; results are unchanged."""
+@pytest.mark.parametrize("conv_impl", ["xla", "auto"])
+def test_remat_policies_give_the_same_loss_gradients_and_statistics(conv_impl):
+    """Every remat policy (jax.checkpoint per DSSA/GWFFN block, ``model.REMAT_POLICIES``) recomputes what it
+    does not keep; loss, gradients and statistics are unchanged."""
     import optax
     from sresformer_jax.model import SpikingResformer
     cfg = dict(blocks=(1, 1, 1), planes=(8, 16, 32), num_heads=(1, 2, 4), patch_sizes=(4, 2, 1), img_size=16,
@@ -219,8 +221,8 @@ def test_remat_blocks_give_the_same_loss_gradients_and_statistics():
     x = jax.random.normal(jax.random.PRNGKey(1), (4, 16, 16, 3))
     y = jnp.arange(4) % 5
     out = []
-    for remat in (False, True):
-        model = SpikingResformer.from_config(cfg, remat=remat)
+    for remat in ("none", "block", "spikes"):
+        model = SpikingResformer.from_config(cfg, remat=remat, conv_impl=conv_impl)
         v = jax.jit(lambda k: model.init(k, x, train=True))(jax.random.PRNGKey(0))
 
         def loss(p, v=v, model=model):
@@ -229,7 +231,8 @@ def test_remat_blocks_give_the_same_loss_gradients_and_statistics():
 
         (l, st), g = jax.jit(jax.value_and_grad(loss, has_aux=True))(v["params"])
         out.append((l, g, st))
-    (l0, g0, s0), (l1, g1, s1) = out
-    np.testing.assert_allclose(l0, l1, rtol=1e-6)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), (g0, s0), (g1, s1))
+    (l0, g0, s0) = out[0]
+    for l1, g1, s1 in out[1:]:
+        np.testing.assert_allclose(l0, l1, rtol=1e-6)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), (g0, s0), (g1, s1))
     assert float(optax.global_norm(g0)) > 0

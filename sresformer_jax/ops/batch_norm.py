@@ -5,6 +5,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from . import kernels
 
@@ -22,13 +23,16 @@ def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float
         x̂ = (x − μ)·r,   g = dy·γ,   dx = r·(g − ⟨g⟩ − x̂·⟨g·x̂⟩) + dμ/N + dσ²·2(x − μ)/N
         dγ = Σ dy·x̂,     dβ = Σ dy                        (⟨·⟩, Σ: mean / sum over the N reduced elements)
 
+    ``x`` may be low precision (bf16/f16): μ, σ², y and the gradients are computed in float32, y returned in
+    float32, and the backward keeps x in its own dtype.
     ``use_kernels`` (float32/float64 x): the statistics μ, σ², Σ dy and Σ dy·(x − μ) come from the compiled CPU
     kernels (``kernels.batch_norm_stats``), which read their inputs once; otherwise from jnp reductions.
     """
     return _bn_fwd(x, scale, bias, eps, use_kernels)[0]
 
 
-def _bn_fwd(x, scale, bias, eps, use_kernels):
+def _bn_fwd(x_in, scale, bias, eps, use_kernels):
+    x = x_in.astype(jnp.promote_types(x_in.dtype, jnp.float32))       # statistics and x̂ in float32 (or f64)
     axes = tuple(range(x.ndim - 1))
     if uses_kernels(use_kernels, x.dtype):
         mean, var = kernels.batch_norm_stats(x)
@@ -36,11 +40,13 @@ def _bn_fwd(x, scale, bias, eps, use_kernels):
         mean = jnp.mean(x, axes)
         var = jnp.mean(jnp.square(x - mean), axes)
     r = jax.lax.rsqrt(var + eps)
-    return ((x - mean) * (r * scale) + bias, mean, var), (x, mean, r, scale)
+    # the backward keeps x as it came (bf16 under bf16 compute: half of float32's bytes)
+    return ((x - mean) * (r * scale) + bias, mean, var), (checkpoint_name(x_in, "bn_input"), mean, r, scale)
 
 
 def _bn_bwd(eps, use_kernels, res, cot):
-    x, mean, r, scale = res
+    x_in, mean, r, scale = res
+    x = x_in.astype(jnp.promote_types(x_in.dtype, jnp.float32))
     dy, dmean, dvar = cot
     axes = tuple(range(x.ndim - 1))
     n = x.size // x.shape[-1]
@@ -52,7 +58,7 @@ def _bn_bwd(eps, use_kernels, res, cot):
     g_mean, gx_mean = dbias * scale / n, dscale * scale / n
     centred = x - mean
     dx = r * (dy * scale - g_mean - centred * (r * gx_mean)) + dmean / n + centred * (2 * dvar / n)
-    return dx, dscale, dbias
+    return dx.astype(x_in.dtype), dscale, dbias
 
 
 batch_norm_train.defvjp(_bn_fwd, _bn_bwd)

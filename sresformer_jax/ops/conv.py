@@ -12,6 +12,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from . import kernels
 from .dot import dot
@@ -41,11 +42,8 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: int = 0, g
     if impl not in LOWERINGS:
         raise ValueError(f"conv2d: impl must be one of {LOWERINGS}, got {impl!r}")
     if impl == "xla":
-        y = jax.lax.conv_general_dilated(
-            x4, kernel, window_strides=(stride, stride),
-            padding=((padding, padding), (padding, padding)),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups,
-            preferred_element_type=jnp.float32 if x4.dtype in LOW_PRECISION else None)
+        y = (_xla_conv_spikes(x4, kernel, stride, padding, groups) if binary
+             else _xla_conv(checkpoint_name(x4, "conv_input"), kernel, stride, padding, groups))
     elif impl == "events":
         if c % kernel.shape[2] or c // kernel.shape[2] != groups:
             raise ValueError(f"conv2d: kernel {kernel.shape} does not match {c} input channels in {groups} groups")
@@ -53,6 +51,49 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: int = 0, g
     else:
         y = _conv_slices(x4, kernel, stride, padding, groups)
     return y.reshape(lead + y.shape[1:])
+
+
+def _xla_conv(x, kernel, stride, padding, groups):
+    return jax.lax.conv_general_dilated(
+        x, kernel, window_strides=(stride, stride), padding=((padding, padding), (padding, padding)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups,
+        preferred_element_type=jnp.float32 if x.dtype in LOW_PRECISION else None)
+
+
+def pack_bits(s: jax.Array) -> jax.Array:
+    """0/1 values [..., C] → uint8 [..., C/8], eight channels per byte (C a multiple of 8)."""
+    bits = s.reshape(s.shape[:-1] + (s.shape[-1] // 8, 8)).astype(jnp.uint8)
+    return jnp.sum(bits << jnp.arange(8, dtype=jnp.uint8), axis=-1, dtype=jnp.uint8)
+
+
+def unpack_bits(packed: jax.Array, dtype) -> jax.Array:
+    """The inverse of ``pack_bits``: uint8 [..., C/8] → 0/1 [..., C] in ``dtype``."""
+    bits = (packed[..., None] >> jnp.arange(8, dtype=jnp.uint8)) & 1
+    return bits.reshape(packed.shape[:-1] + (packed.shape[-1] * 8,)).astype(dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _xla_conv_spikes(x, kernel, stride, padding, groups):
+    """XLA's convolution of a spike tensor whose backward keeps the spikes as bits (eight channels per byte, or
+    one byte per spike when the channels are not a multiple of 8; exact for 0/1); the gradients are XLA's own,
+    from the unpacked spikes."""
+    return _xla_conv(x, kernel, stride, padding, groups)
+
+
+def _xla_conv_spikes_fwd(x, kernel, stride, padding, groups):
+    kept = pack_bits(x) if x.shape[-1] % 8 == 0 else x.astype(jnp.uint8)
+    return _xla_conv(x, kernel, stride, padding, groups), (checkpoint_name(kept, "spike_bytes"), kernel)
+
+
+def _xla_conv_spikes_bwd(stride, padding, groups, res, dy):
+    kept, kernel = res                             # conv2d casts the kernel to x's dtype
+    c = kernel.shape[2] * groups
+    x = unpack_bits(kept, kernel.dtype) if kept.shape[-1] != c else kept.astype(kernel.dtype)
+    _, vjp = jax.vjp(lambda x, k: _xla_conv(x, k, stride, padding, groups), x, kernel)
+    return vjp(dy)
+
+
+_xla_conv_spikes.defvjp(_xla_conv_spikes_fwd, _xla_conv_spikes_bwd)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
@@ -72,7 +113,8 @@ def _event_conv(x, kernel, stride, padding, binary):
 
 def _event_conv_fwd(x, kernel, stride, padding, binary):
     events = x.astype(kernels.BYTES) if binary else x
-    return kernels.conv(events, kernel, stride, padding), (events, kernel)
+    return kernels.conv(events, kernel, stride, padding), (checkpoint_name(events, "spike_bytes" if binary else
+                                                                           "conv_input"), kernel)
 
 
 def _event_conv_bwd(stride, padding, binary, res, dy):

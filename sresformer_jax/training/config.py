@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import jax
 
-from ..model import CONFIG_KEYS, SpikingResformer
+from ..model import CONFIG_KEYS, SpikingResformer, remat_policy
 from ..ops import CONV_IMPLS
 
 # field → accepted types (int where a float is expected is fine)
@@ -11,7 +11,7 @@ SCHEMA = {
     "model_name": (str,), "seed": (int,), "batch_size": (int,), "eval_batch_size": (int,),
     "precision": (str,), "total_steps": (int,), "log_every_steps": (int,), "eval_every_epochs": (int,),
     "checkpoint_every_steps": (int,), "keep_checkpoints": (int,), "init_from": (str, type(None)),
-    "progress_bar": (bool,), "transfer": (bool,), "remat": (bool,),
+    "progress_bar": (bool,), "transfer": (bool,), "remat": (str, bool),
     "data_dir": (str, type(None)),
     "optim.lr": (float, int), "optim.weight_decay": (float, int), "optim.b1": (float,), "optim.b2": (float,),
     "optim.eps": (float,), "optim.epochs": (int,), "optim.warmup_epochs": (int,),
@@ -21,6 +21,8 @@ SCHEMA = {
     "mixup.enabled": (bool,), "mixup.mixup_alpha": (float, int), "mixup.cutmix_alpha": (float, int),
     "mixup.prob": (float, int), "mixup.switch_prob": (float, int),
     "dataset.name": (str,),
+    "loss_scale.init_scale": (float, int), "loss_scale.growth_interval": (int,),
+    "loss_scale.growth_factor": (float, int), "loss_scale.backoff_factor": (float,),
 }
 
 
@@ -77,5 +79,14 @@ def validate_config(config) -> None:
         raise ValueError("config.init_from is required by this transfer recipe: pass "
                          "--config.init_from=PATH (an ImageNet SpikingResformer-S training workdir or a "
                          "checkpoint converted with python -m sresformer_jax.convert)")
+    try:
+        remat_policy(config.remat)
+    except ValueError as e:
+        raise ValueError(f"config.{e}") from None
+    if config.precision not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"config.precision must be float32, bfloat16 or float16, got {config.precision!r}")
+    if config.precision == "float16":
+        from .loss_scale import make_loss_scale
+        make_loss_scale("float16", config.loss_scale)                    # its checks
     if config.optim.epochs < 1:
         raise ValueError(f"config.optim.epochs must be >= 1, got {config.optim.epochs}")

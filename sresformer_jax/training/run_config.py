@@ -42,11 +42,13 @@ def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[st
 
 def check(workdir: Path, config: Mapping[str, Any], stored: Mapping[str, Any] | None) -> list[str]:
     """Compares ``config`` with ``stored`` (the run's config, or None for a fresh run). Raises
-    ``ConfigChangedError`` naming every field that may not change; returns the lines of the allowed changes."""
+    ``ConfigChangedError`` naming every field that may not change; returns the lines of the allowed changes.
+    ``loss_scale.*`` only matters to (and may only not change in) float16 runs."""
     if stored is None:
         return []
     diffs = differences(stored, config)
-    refused = [d for d in diffs if d[0] not in SAFE_TO_CHANGE]
+    fp16 = config.get("precision") == "float16" or stored.get("precision") == "float16"
+    refused = [d for d in diffs if d[0] not in SAFE_TO_CHANGE and (fp16 or not d[0].startswith("loss_scale."))]
     if refused:
         lines = "\n".join(f"  config.{k}: {json.dumps(a)} → {json.dumps(b)}" for k, a, b in refused)
         back = " ".join(f"--config.{k}={_flag_value(a)}" for k, a, _ in refused if a is not None)

@@ -15,6 +15,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from ..model import STATE_COLLECTIONS
 from ..neurons import SPIKE_COUNTS
+from .loss_scale import all_finite, is_dynamic, select_tree
 from .losses import classification_loss, smooth_targets, topk_correct
 from .state import TrainState
 
@@ -38,7 +39,8 @@ def global_batch(local: dict, data_sharding) -> dict:
 
 
 def train_step(state: TrainState, batch: dict, *, model, tx, schedule, config) -> tuple[TrainState, dict]:
-    """One optimizer step: forward (train mode) → loss on T-averaged logits → grads → AdamW."""
+    """One optimizer step: forward (train mode) → loss on T-averaged logits → grads → AdamW. In float16 the loss
+    is scaled by ``state.loss_scale`` and a step with a non-finite gradient is skipped (``loss_scale``)."""
     rng = jax.random.fold_in(state.rng, state.step)
     labels = batch["label"]
     images = batch["image"]
@@ -47,22 +49,37 @@ def train_step(state: TrainState, batch: dict, *, model, tx, schedule, config) -
         from ..data.mixup import mixup_cutmix
         images, targets = mixup_cutmix(rng, images, targets, config.mixup)
 
+    loss_scale = state.loss_scale
+
     def loss_fn(params):
         logits, new_state = model.apply({"params": params, "batch_stats": state.batch_stats,
                                          "firing_rates": state.firing_rates}, images, train=True,
                                         mutable=list(STATE_COLLECTIONS))
         loss = classification_loss(logits, targets, config.loss.tet, config.loss.tet_phi,
                                    config.loss.tet_lambda)
-        return loss, (logits, new_state)
+        return loss_scale.scale_loss(loss), (loss, logits, new_state)
 
-    (loss, (logits, new_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (_, (loss, logits, new_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grads = loss_scale.unscale(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(params=state.params, updates=updates)
+    stats = {"batch_stats": new_state["batch_stats"], "firing_rates": new_state["firing_rates"]}
     correct = topk_correct(logits, labels, (1,))
-    metrics = {"loss": loss, "top1": correct["top1"].mean(), "lr": schedule(state.step),
-               "grad_norm": optax.global_norm(grads)}
-    new = state.replace(step=state.step + 1, params=params, batch_stats=new_state["batch_stats"],
-                        firing_rates=new_state["firing_rates"], opt_state=opt_state)
+    metrics = {"loss": loss, "top1": correct["top1"].mean(), "lr": schedule(state.step)}
+    if is_dynamic(loss_scale):
+        # GradScaler: a step with a non-finite gradient is skipped (parameters and optimizer state kept) and the
+        # scale backs off; the forward's statistics are kept, as PyTorch's are, unless they are not finite.
+        finite = all_finite(grads)
+        params = select_tree(finite, params, state.params)
+        opt_state = select_tree(finite, opt_state, state.opt_state)
+        old = {"batch_stats": state.batch_stats, "firing_rates": state.firing_rates}
+        stats = select_tree(all_finite(stats), stats, old)
+        metrics.update(grad_norm=jnp.where(finite, optax.global_norm(grads), 0.0),
+                       loss_scale=loss_scale.scale, skipped_step=1.0 - finite.astype(jnp.float32))
+        loss_scale = loss_scale.adjust(finite)
+    else:
+        metrics["grad_norm"] = optax.global_norm(grads)
+    new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, loss_scale=loss_scale, **stats)
     return new, metrics
 
 

@@ -31,6 +31,7 @@ from .logging import MetricLogger, plot_curves
 from . import run_config
 from .optim import make_optimizer
 from .preemption import Preempted, PreemptionWatcher
+from .loss_scale import make_loss_scale
 from .state import TrainState, create_train_state
 from .steps import global_batch, jit_steps, make_mesh, shardings
 
@@ -76,12 +77,21 @@ class NonFiniteLossError(FloatingPointError):
     """Training produced a NaN/Inf; the last good checkpoint is kept untouched."""
 
 
-def build_model(model_config: dict, precision: str = "float32", remat: bool = False,
+def _mean(metrics: list[dict]) -> dict:
+    """Per-key mean over steps; a skipped float16 step's non-finite values are left out."""
+    out = {}
+    for k in metrics[0]:
+        vals = [float(m[k]) for m in metrics if math.isfinite(float(m[k])) or not m.get("skipped_step")]
+        out[k] = sum(vals) / len(vals) if vals else float("nan")
+    return out
+
+
+def build_model(model_config: dict, precision: str = "float32", remat: str | bool = "none",
                 conv_impl: str | None = None) -> SpikingResformer:
     """The model of ``model_config`` (architecture keys, and optionally ``conv_impl``) computing in
-    ``precision`` (parameters stay float32); ``remat`` recomputes each block's activations in the backward pass
-    (less memory, more compute); ``conv_impl`` (default: the config's, else "auto") is its lowering, resolved
-    here, before anything is traced."""
+    ``precision`` (parameters stay float32); ``remat`` (a ``model.REMAT_POLICIES`` name) is what each block keeps
+    for the backward pass (less memory, more compute); ``conv_impl`` (default: the config's, else "auto") is its
+    lowering, resolved here, before anything is traced."""
     if precision not in DTYPES:
         raise ValueError(f"config.precision must be one of {sorted(DTYPES)}, got {precision!r}")
     dtype = DTYPES[precision]
@@ -167,11 +177,13 @@ def _train_and_evaluate(config, workdir: Path) -> dict:
     replicated, data_sharding = shardings(mesh)
     data = get_dataset(config, jax.process_index(), jax.process_count())
     check_data_fits(data, config)
-    model = build_model(config.model.to_dict(), config.precision, config.get("remat", False))
+    model = build_model(config.model.to_dict(), config.precision, config.get("remat", "none"))
     steps_per_epoch = data.steps_per_epoch
     total_steps = config.optim.epochs * steps_per_epoch if config.total_steps <= 0 else config.total_steps
     tx, schedule = make_optimizer(config.optim, steps_per_epoch)
-    init = jax.jit(lambda rng: create_train_state(model, tx, rng, data.input_shape), out_shardings=replicated)
+    scale = make_loss_scale(config.precision, config.get("loss_scale"))
+    init = jax.jit(lambda rng: create_train_state(model, tx, rng, data.input_shape, loss_scale=scale),
+                   out_shardings=replicated)
     with contextlib.ExitStack() as stack:            # every exit path closes the checkpointers and writers
         ckpts = checkpoint.TrainCheckpoints(workdir, keep=config.keep_checkpoints)
         stack.callback(ckpts.close)
@@ -226,7 +238,7 @@ def _loop(config, workdir, stack, ckpts, model, data, tx, schedule, init, mesh, 
         pending = []
         for i, m in enumerate(values):
             bad = [k for k, v in m.items() if not math.isfinite(float(v))]
-            if bad:
+            if bad and not m.get("skipped_step"):       # float16: an overflow step is skipped, not a failure
                 raise NonFiniteLossError(
                     f"step {first + i}: {bad[0]} is {float(m[bad[0]])}; training stopped. The last good "
                     f"checkpoint ({ckpts.latest_dir}) was not overwritten; lower optim.lr or check the data.")
@@ -246,7 +258,7 @@ def _loop(config, workdir, stack, ckpts, model, data, tx, schedule, init, mesh, 
             pull()
         if step % config.log_every_steps == 0 or step == total_steps or (preempted and pulled):
             n = len(pulled)
-            mean = {k: sum(float(m[k]) for m in pulled) / n for k in pulled[0]}
+            mean = _mean(pulled)
             mean["img_per_s"] = n * config.batch_size / (time.time() - t_log)
             mean["host_rss_mib"] = rss_bytes() / 2**20                # memory growth shows up in metrics.jsonl
             if len(data.skipped):
