@@ -3,7 +3,7 @@ official PyTorch implementation (a checkout the user supplies).
 
     python benchmarks/bench.py --model spikingresformer_cifar --img-size 32 --T 4 --batch 32 [--num-classes 10]
         [--steps 3] [--warmup 1] [--precision float32|bfloat16|float16] [--conv-impl auto|xla|slices|events]
-        [--remat none|block|spikes]
+        [--remat none|block|convs]
         [--host-memory huge|system|retain|jemalloc|tcmalloc|mimalloc] [--out PATH]
         [--official-dir DIR --official-python PYTHON [--official-host-memory same|...] [--official-amp]]
         [--max-batch CAP]
@@ -510,7 +510,7 @@ def main(argv=None) -> dict:
     p.add_argument("--precision", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--conv-impl", default="auto", choices=["auto", "xla", "slices", "events"],
                    help="our model's lowering (config.model.conv_impl)")
-    p.add_argument("--remat", nargs="?", const="block", default="none", choices=["none", "block", "spikes"],
+    p.add_argument("--remat", nargs="?", const="block", default="none", choices=["none", "block", "convs"],
                    help="remat policy per DSSA/GWFFN block (config.remat; bare --remat: block)")
     p.add_argument("--host-memory", default="huge", choices=runtime.ALLOCATORS,
                    help="the host allocator our process starts with (sresformer_jax/runtime.py)")

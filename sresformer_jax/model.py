@@ -60,12 +60,14 @@ class Downsample(nn.Module):
 
 
 # What each DSSA/GWFFN block keeps for its backward pass (``remat``); the rest is recomputed there. Values are
-# named where they are made (``jax.ad_checkpoint.checkpoint_name``): "spike_bytes" (spikes a convolution keeps,
-# int8), "membrane", "bn_input", "attention_operand", "block_input" (see docs/performance.md, memory).
+# named where they are made (``jax.ad_checkpoint.checkpoint_name``): "spike_bytes" (the spikes a convolution
+# keeps, as bits), "membrane", "bn_input" (a convolution's output), "attention_operand", "block_input"
+# (benchmarks/memory.py measures each policy).
 REMAT_POLICIES = {
-    "none": None,                                                          # no remat: autodiff keeps what it needs
-    "block": jax.checkpoint_policies.nothing_saveable,                     # only the block's input
-    "spikes": jax.checkpoint_policies.save_only_these_names("spike_bytes"),   # + the convolutions' spike bytes
+    "none": None,                                                        # no remat: autodiff keeps what it needs
+    "block": jax.checkpoint_policies.nothing_saveable,                   # only the block's input: +1 forward
+    # + the convolutions' outputs (and BatchNorm's μ, 1/σ): the backward recomputes no convolution
+    "convs": jax.checkpoint_policies.save_only_these_names("bn_input", "bn_stats"),
 }
 
 

@@ -221,7 +221,7 @@ def test_remat_policies_give_the_same_loss_gradients_and_statistics(conv_impl):
     x = jax.random.normal(jax.random.PRNGKey(1), (4, 16, 16, 3))
     y = jnp.arange(4) % 5
     out = []
-    for remat in ("none", "block", "spikes"):
+    for remat in ("none", "block", "convs"):
         model = SpikingResformer.from_config(cfg, remat=remat, conv_impl=conv_impl)
         v = jax.jit(lambda k: model.init(k, x, train=True))(jax.random.PRNGKey(0))
 

@@ -41,7 +41,8 @@ def _bn_fwd(x_in, scale, bias, eps, use_kernels):
         var = jnp.mean(jnp.square(x - mean), axes)
     r = jax.lax.rsqrt(var + eps)
     # the backward keeps x as it came (bf16 under bf16 compute: half of float32's bytes)
-    return ((x - mean) * (r * scale) + bias, mean, var), (checkpoint_name(x_in, "bn_input"), mean, r, scale)
+    res = (checkpoint_name(x_in, "bn_input"), checkpoint_name(mean, "bn_stats"), checkpoint_name(r, "bn_stats"), scale)
+    return ((x - mean) * (r * scale) + bias, mean, var), res
 
 
 def _bn_bwd(eps, use_kernels, res, cot):
