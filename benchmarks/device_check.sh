@@ -27,8 +27,9 @@ if [ "$DRY" = 1 ]; then
   OUT=${OUT_DIR:-$(mktemp -d)}
   export JAX_PLATFORMS=cpu
   MODEL=(--model spikingresformer_cifar --img-size 32 --T 1 --num-classes 10)
-  RACE=(--batch 2 --steps 1 --warmup 0 --max-batch 4)
-  MEM=(--model spikingresformer_cifar --img-size 32 --T 1 --batch 2 --precision bfloat16 --remat none block)
+  RACE=(--batch 2 --steps 1 --warmup 0 --max-batch 2)
+  MEM=(--model spikingresformer_cifar --img-size 32 --T 1 --batch 2 --precision bfloat16 --remat none block
+       --no-compile)
   DEVICE=cpu
 else
   OUT=${OUT_DIR:-benchmarks/results}

@@ -14,7 +14,8 @@ also compiles the jitted train step and reports XLA's argument, output and temp 
 the FLOPs of the optimised program's cost analysis, from which the cost of each remat policy follows.
 
 Nothing here runs the model: the residuals come from tracing, the rest from compilation, so a 224² model is
-measured on any CPU. Prints a table and writes JSON (default ``benchmarks/results/backward_memory_cpu.json``).
+measured on any CPU. Prints a table and writes JSON (default ``benchmarks/results/backward_memory_cpu.json``, one
+entry per model: a rerun replaces that model's).
 """
 from __future__ import annotations
 
@@ -32,6 +33,11 @@ KINDS = {"spike_bytes": "spikes", "spikes": "spikes", "membrane": "membranes", "
          "bn_input": "BatchNorm inputs", "conv_input": "conv inputs", "attention_operand": "attention operands",
          "block_input": "block inputs", "bn_stats": "other", "param_copy": None}
 ORDER = ("spikes", "membranes", "BatchNorm inputs", "conv inputs", "attention operands", "block inputs", "other")
+
+
+DESCRIPTION = ("benchmarks/memory.py: bytes the training step keeps for its backward pass (jax.vjp residuals minus "
+               "the parameters) by kind, per image and per neuron-step, on conv_impl='xla'; with 'compiled', XLA's "
+               "memory_analysis and the FLOPs of the optimised program; one entry per model")
 
 
 def kind_of(description: str) -> str | None:
@@ -192,11 +198,17 @@ def main(argv=None) -> dict:
     print(f"\n{a.model}, {a.img_size}², T = {a.T}, batch {a.batch}, conv_impl xla, commit {_commit()}, "
           f"{jax.devices()[0].platform}\n")
     print(table(rows))
-    result = {"commit": _commit(), "machine": machine_info(), "rows": rows}
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps(result, indent=1))
-        print(f"wrote {a.out}")
+    result = {"commit": _commit(), "machine": machine_info(), "settings": {"img_size": a.img_size, "T": a.T,
+              "batch": a.batch, "compiled": not a.no_compile}, "rows": rows}
+    if a.out:                               # one file, one entry per model (a rerun replaces that model's)
+        out = Path(a.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        old = json.loads(out.read_text()) if out.exists() else {}
+        old = old if isinstance(old, dict) and "rows" not in old else {}
+        old["description"] = DESCRIPTION
+        old[a.model] = result
+        out.write_text(json.dumps(old, indent=1))
+        print(f"wrote {a.model} into {a.out}")
     return result
 
 

@@ -19,7 +19,7 @@ def test_device_check_dry_run(tmp_path):
                        capture_output=True, timeout=1500)
     assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-4000:]
     assert "our side only" in p.stdout
-    mem = json.loads((tmp_path / "backward_memory_cpu.json").read_text())
+    mem = json.loads((tmp_path / "backward_memory_cpu.json").read_text())["spikingresformer_cifar"]
     assert {(r["precision"], r["remat"]) for r in mem["rows"]} == {("bfloat16", "none"), ("bfloat16", "block")}
     assert all(r["backward_bytes_per_neuron_step"] > 0 for r in mem["rows"])
     for prec in ("bf16", "fp16"):
