@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 
 from ..model import CONFIG_KEYS, SpikingResformer, remat_policy
 from ..ops import CONV_IMPLS
+
+# config.precision → the compute dtype (parameters stay float32)
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 # field → accepted types (int where a float is expected is fine)
 SCHEMA = {
@@ -83,8 +87,8 @@ def validate_config(config) -> None:
         remat_policy(config.remat)
     except ValueError as e:
         raise ValueError(f"config.{e}") from None
-    if config.precision not in ("float32", "bfloat16", "float16"):
-        raise ValueError(f"config.precision must be float32, bfloat16 or float16, got {config.precision!r}")
+    if config.precision not in DTYPES:
+        raise ValueError(f"config.precision must be one of {sorted(DTYPES)}, got {config.precision!r}")
     if config.precision == "float16":
         from .loss_scale import make_loss_scale
         make_loss_scale("float16", config.loss_scale)                    # its checks

@@ -26,6 +26,7 @@ from .. import checkpoint, trees
 from ..data import get_dataset
 from ..model import SpikingResformer
 from ..runtime import rss_bytes
+from .config import DTYPES
 from .evaluation import evaluate
 from .logging import MetricLogger, plot_curves
 from . import run_config
@@ -35,7 +36,6 @@ from .loss_scale import make_loss_scale
 from .state import TrainState, create_train_state
 from .steps import global_batch, jit_steps, make_mesh, shardings
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
 class WorkdirLock:
