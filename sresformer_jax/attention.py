@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 from jax.ad_checkpoint import checkpoint_name
 
-from .layers import ConvBN, Dtype, Neuron
+from .layers import ConvBN, Dtype, Neuron, image_groups
 from .ops import dot
 
 FIRING_RATES = "firing_rates"
@@ -29,19 +29,26 @@ class FiringRatesNotSetError(ValueError):
 
 
 def _firing_rate(var, batch_rate: jax.Array, train: bool, momentum: float, initializing: bool):
-    """Per-head rate used for the scale: the EMA updated with this batch (train) or the stored one (eval).
+    """Per-head rate used for the scale, [groups, h]: the EMA updated with each group's batch rate
+    ``batch_rate`` [groups, h] (train) or the stored one (eval, [1, h]).
 
     As the official code: a buffer that is still all zero is first set to the batch rate, then
-    r ← m·r + (1 − m)·r_batch (so the first batch leaves r = r_batch).
+    r ← m·r + (1 − m)·r_batch (so the first batch leaves r = r_batch). Each group of images (``bn_group_size``)
+    updates the stored EMA on its own, as each device of a data-parallel run does; group 0's result is kept.
     """
     if not train:
-        return var.value.astype(batch_rate.dtype)
+        return var.value.astype(batch_rate.dtype)[None]
     prev = var.value.astype(batch_rate.dtype)
     prev = jnp.where(jnp.all(prev == 0), batch_rate, prev)
     rate = prev * momentum + batch_rate * (1 - momentum)
     if not initializing:
-        var.value = rate.astype(var.value.dtype)
+        var.value = rate[0].astype(var.value.dtype)
     return rate
+
+
+def _per_image(scale: jax.Array, batch: int) -> jax.Array:
+    """A per-group, per-head scale [groups, h] → [1, B, h, 1, 1], against [T, B, h, ·, ·] products."""
+    return jnp.repeat(scale, batch // scale.shape[0], axis=0)[None, :, :, None, None]
 
 
 def check_firing_rates(value: jax.Array, path: str) -> None:
@@ -65,6 +72,7 @@ class DSSA(nn.Module):
     neuron: str = "LIF"
     momentum: float = 0.999
     conv_impl: str = "xla"
+    bn_group_size: int | None = None   # train: BatchNorm statistics and firing rates per group of images
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
 
@@ -82,7 +90,8 @@ class DSSA(nn.Module):
         init = self.is_initializing()
 
         s = neuron("lif_in")(x)                                               # [T, B, H, W, C]
-        kw = dict(spikes=True, conv_impl=self.conv_impl, dtype=self.dtype, param_dtype=self.param_dtype)
+        kw = dict(spikes=True, conv_impl=self.conv_impl, bn_group_size=self.bn_group_size, dtype=self.dtype,
+                  param_dtype=self.param_dtype)
         y = ConvBN(2 * C, p, stride=p, name="kv", **kw)(s, train)            # [T, B, H/p, W/p, 2C]
         n_kv = y.shape[2] * y.shape[3]                                        # N'
         y = jnp.moveaxis(y.reshape(T, B, n_kv, h, 2 * d), 3, 2)               # [T, B, h, N', 2d]
@@ -98,20 +107,24 @@ class DSSA(nn.Module):
             check_firing_rates(r_attn.value, f"{self.name}/firing_rate_attn")
 
         stat = jnp.promote_types(y.dtype, jnp.float32)
-        rate_x = _firing_rate(r_x, jnp.mean(jax.lax.stop_gradient(q).astype(stat), (0, 1, 3, 4)),
-                              train, self.momentum, init)                     # [h]
+        groups = image_groups(B, self.bn_group_size) if train and self.bn_group_size else 1
+
+        def batch_rate(v):                                                    # [T, B, h, ·, ·] → [groups, h]
+            v = jax.lax.stop_gradient(v).astype(stat)
+            return jnp.mean(v.reshape((T, groups, B // groups) + v.shape[2:]), (0, 2, 4, 5))
+
+        rate_x = _firing_rate(r_x, batch_rate(q), train, self.momentum, init)  # [groups, h]
         c1 = 1.0 / jnp.sqrt(rate_x * d)
         y1, q = checkpoint_name(y1, "attention_operand"), checkpoint_name(q, "attention_operand")
         attn = dot("tbhnd,tbhmd->tbhnm", y1, q)                               # [T, B, h, N', HW]
-        attn = (attn * c1[:, None, None]).astype(y.dtype)
+        attn = (attn * _per_image(c1, B)).astype(y.dtype)
         a = neuron("lif_attn", count_map=False)(attn)                         # spiking attention map
 
-        rate_a = _firing_rate(r_attn, jnp.mean(jax.lax.stop_gradient(a).astype(stat), (0, 1, 3, 4)),
-                              train, self.momentum, init)                     # [h]
+        rate_a = _firing_rate(r_attn, batch_rate(a), train, self.momentum, init)  # [groups, h]
         c2 = 1.0 / jnp.sqrt(rate_a * n_kv)
         a, y2 = checkpoint_name(a, "attention_operand"), checkpoint_name(y2, "attention_operand")
         out = dot("tbhnm,tbhnd->tbhmd", a, y2)                                # [T, B, h, HW, d]
-        out = (out * c2[:, None, None]).astype(y.dtype)
+        out = (out * _per_image(c2, B)).astype(y.dtype)
         out = jnp.moveaxis(out, 2, 3).reshape(T, B, H, W, C)                  # head-major channels
 
         o = neuron("lif_out")(out)

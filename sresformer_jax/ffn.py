@@ -21,6 +21,7 @@ class GWFFN(nn.Module):
     group_size: int = 64
     neuron: str = "LIF"
     conv_impl: str = "xla"
+    bn_group_size: int | None = None   # train: BatchNorm statistics per group of images
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
 
@@ -30,7 +31,8 @@ class GWFFN(nn.Module):
         if inner % self.group_size:
             raise ValueError(f"GWFFN group size {self.group_size} does not divide {inner} = "
                              f"{self.ratio}×{self.dim} hidden channels")
-        kw = dict(spikes=True, conv_impl=self.conv_impl, dtype=self.dtype, param_dtype=self.param_dtype)  # reads spikes
+        kw = dict(spikes=True, conv_impl=self.conv_impl, bn_group_size=self.bn_group_size, dtype=self.dtype,
+                  param_dtype=self.param_dtype)                                 # its convolutions read spikes
         neuron = lambda name: Neuron(self.neuron, param_dtype=self.param_dtype, name=name)  # noqa: E731
 
         u = ConvBN(inner, 1, name="up", **kw)(neuron("up_lif")(x), train)               # [T,B,H,W,RC]

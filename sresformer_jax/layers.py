@@ -42,6 +42,9 @@ class BatchNorm(nn.Module):
     ``repeat`` says how many identical copies of ``x`` the statistics stand for (the static-image stem is
     computed once for all T steps): it changes only the unbiased count n, so results equal the T-fold input.
     ``stats_kernels``: the batch statistics come from the compiled CPU kernels (``ops.batch_norm_train``).
+    ``group_size`` (train): statistics over groups of that many images (the batch axis is the one before
+    [H, W, C]), each group normalised with its own, as data-parallel training without synchronised BatchNorm
+    computes them; the running statistics follow group 0 (the first images of the batch). None: the batch.
     """
 
     momentum: float = 0.1
@@ -49,6 +52,7 @@ class BatchNorm(nn.Module):
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
     stats_kernels: bool = False
+    group_size: int | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool, repeat: int = 1) -> jax.Array:
@@ -59,10 +63,21 @@ class BatchNorm(nn.Module):
         ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), self.param_dtype))
         stat_dtype = jnp.promote_types(x.dtype, jnp.float32)
         if train:                   # x as it comes (bf16 under bf16 compute, as autocast); statistics in float32
-            y, mean, var = batch_norm_train(x, scale.astype(stat_dtype), bias.astype(stat_dtype), self.epsilon,
-                                             self.stats_kernels)
+            args = (scale.astype(stat_dtype), bias.astype(stat_dtype), self.epsilon, self.stats_kernels)
+            groups = 1
+            if self.group_size is None:
+                y, mean, var = batch_norm_train(x, *args)
+            else:
+                b = x.ndim - 4                                         # the batch axis of [..., B, H, W, C]
+                if b < 0:
+                    raise ValueError(f"BatchNorm groups of images need an [..., B, H, W, C] input, got shape "
+                                     f"{tuple(x.shape)}")
+                groups = image_groups(x.shape[b], self.group_size)
+                xg = x.reshape(x.shape[:b] + (groups, self.group_size) + x.shape[b + 1:])
+                y, mean, var = batch_norm_train(xg, *args, group_axis=b)
+                y, mean, var = y.reshape(x.shape), mean[0], var[0]      # group 0's statistics are kept
             if not self.is_initializing():
-                n = repeat * (x.size // c)
+                n = repeat * (x.size // (c * groups))
                 m = self.momentum
                 ra_mean.value = ((1 - m) * ra_mean.value + m * mean).astype(self.param_dtype)
                 ra_var.value = ((1 - m) * ra_var.value + m * var * (n / max(n - 1, 1))).astype(
@@ -74,13 +89,21 @@ class BatchNorm(nn.Module):
         return y.astype(self.dtype or x.dtype)
 
 
+def image_groups(batch: int, group_size: int) -> int:
+    """How many groups of ``group_size`` images a batch of ``batch`` makes; raises if they do not divide it."""
+    if group_size < 1 or batch % group_size:
+        raise ValueError(f"bn_group_size={group_size} does not divide the batch of {batch} images; choose a "
+                         f"divisor of the global batch size (e.g. the per-device batch)")
+    return batch // group_size
+
+
 class ConvBN(nn.Module):
     """BN(Conv(x)): a bias-free k×k convolution (explicit padding, optional groups) and a BatchNorm,
     both with time folded into the batch. Params: ``kernel`` [k, k, Cin/groups, Cout], ``bn/{scale,bias}``.
 
     ``spikes``: x is a spike tensor (0/1), which the convolution may read as bytes. ``conv_impl``: the model's
     lowering ("xla", "slices" or "events"; ``ops.lowering``), which decides this convolution's and statistics'
-    computation."""
+    computation. ``bn_group_size``: BatchNorm's ``group_size``."""
 
     features: int
     kernel_size: int
@@ -89,6 +112,7 @@ class ConvBN(nn.Module):
     groups: int = 1
     spikes: bool = False
     conv_impl: str = "xla"
+    bn_group_size: int | None = None
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
 
@@ -103,7 +127,7 @@ class ConvBN(nn.Module):
         y = conv2d(x.astype(dtype), kernel, self.stride, self.padding, self.groups,
                    conv_lowering(self.conv_impl, self.spikes), binary=self.spikes).astype(dtype)
         return BatchNorm(dtype=dtype, param_dtype=self.param_dtype, stats_kernels=uses_stats_kernels(
-            self.conv_impl), name="bn")(y, train, repeat)
+            self.conv_impl), group_size=self.bn_group_size, name="bn")(y, train, repeat)
 
 
 class Neuron(nn.Module):

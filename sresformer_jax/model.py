@@ -49,6 +49,7 @@ class Downsample(nn.Module):
     features: int
     neuron: str = "LIF"
     conv_impl: str = "xla"
+    bn_group_size: int | None = None
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
 
@@ -56,7 +57,8 @@ class Downsample(nn.Module):
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         s = Neuron(self.neuron, param_dtype=self.param_dtype, name="lif")(x)
         return ConvBN(self.features, 3, stride=2, padding=1, spikes=True, conv_impl=self.conv_impl,
-                      dtype=self.dtype, param_dtype=self.param_dtype, name="conv")(s, train)
+                      bn_group_size=self.bn_group_size, dtype=self.dtype, param_dtype=self.param_dtype,
+                      name="conv")(s, train)
 
 
 # What each DSSA/GWFFN block keeps for its backward pass (``remat``); the rest is recomputed there. Values are
@@ -90,6 +92,11 @@ class SpikingResformer(nn.Module):
     ``conv_impl`` is how its convolutions and BatchNorm statistics are computed (``ops.lowering``): "auto" is
     resolved to "xla", "slices" or "events" when the model is built, so that ``model.conv_impl`` always names
     the lowering its programs use. Two models with different lowerings compile to different programs.
+
+    ``bn_group_size`` (training only): BatchNorm's batch statistics and DSSA's firing rates are computed per
+    group of that many images of the (global) batch, whatever the device count, as the official data-parallel
+    runs without synchronised BatchNorm computed them per GPU; the running statistics and firing-rate EMAs kept
+    are group 0's (the first images), as DDP keeps rank 0's. None: over the whole batch.
     """
 
     blocks: Sequence[int] = (1, 2, 3)
@@ -108,9 +115,14 @@ class SpikingResformer(nn.Module):
     param_dtype: Dtype = jnp.float32
     remat: str | bool = "none"         # REMAT_POLICIES: what each DSSA/GWFFN block keeps for the backward pass
     conv_impl: str = "auto"            # "auto" | "xla" | "slices" | "events", resolved in __post_init__
+    bn_group_size: int | None = None   # images per BatchNorm statistics group in training (None: the batch)
 
     def __post_init__(self):
         object.__setattr__(self, "remat", remat_policy(self.remat))
+        if self.bn_group_size is not None and (isinstance(self.bn_group_size, bool) or not isinstance(
+                self.bn_group_size, int) or self.bn_group_size < 1):
+            raise ValueError(f"bn_group_size must be a positive int (images per BatchNorm group) or None, got "
+                             f"{self.bn_group_size!r}")
         if self.conv_impl not in CONV_IMPLS:
             raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {self.conv_impl!r}")
         if self.conv_impl == "auto":   # once, here: the programs traced later read the concrete value only
@@ -192,7 +204,7 @@ class SpikingResformer(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         self._check_input(x)
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        lowered = dict(kw, conv_impl=self.conv_impl)
+        lowered = dict(kw, conv_impl=self.conv_impl, bn_group_size=self.bn_group_size)
         dtype = self.dtype or x.dtype
         x = x.astype(dtype)
         if self.prologue == "default":
@@ -236,11 +248,12 @@ def config_for(name: str, **overrides) -> dict[str, Any]:
 
 
 def create_model(name: str, dtype: Dtype | None = None, param_dtype: Dtype = jnp.float32,
-                 remat: str | bool = "none", conv_impl: str = "auto", **overrides) -> SpikingResformer:
+                 remat: str | bool = "none", conv_impl: str = "auto", bn_group_size: int | None = None,
+                 **overrides) -> SpikingResformer:
     """A registered variant: ``create_model("spikingresformer_cifar", num_classes=100, img_size=32)``.
     ``conv_impl``: "auto" (the platform's best, resolved now), "xla", "slices" or "events" (``ops.lowering``)."""
-    return SpikingResformer.from_config(config_for(name, **overrides), dtype=dtype,
-                                        param_dtype=param_dtype, remat=remat, conv_impl=conv_impl)
+    return SpikingResformer.from_config(config_for(name, **overrides), dtype=dtype, param_dtype=param_dtype,
+                                        remat=remat, conv_impl=conv_impl, bn_group_size=bn_group_size)
 
 
 def dummy_input(model: SpikingResformer, batch: int = 1, dtype=jnp.float32) -> jax.Array:

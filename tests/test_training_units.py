@@ -138,6 +138,8 @@ def _quickstart():
     ("model.T", 0, "T must be >= 1"),
     ("model.img_size", 10, "patch size"),
     ("log_every_steps", 0, "log_every_steps"),
+    ("model.bn_group_size", 48, "bn_group_size=48 does not divide config.batch_size=64"),
+    ("model.bn_group_size", 0, "bn_group_size must be a positive int"),
 ])
 def test_bad_config_values_name_the_field(key, value, match):
     c = _quickstart()
@@ -180,5 +182,10 @@ def test_every_shipped_config_is_valid():
                 c.init_from = "/some/checkpoint"
         validate_config(c)
     assert [imagenet.get_config(a).batch_size for a in ("ti", "s", "m", "l")] == [256, 256, 224, 128]
+    for arg, group in imagenet.OFFICIAL_BN_GROUP_SIZE.items():       # 8 GPUs' batches (L: SyncBN, global)
+        c = imagenet.get_config(arg)
+        assert group is None or group * 8 == c.batch_size
+        c.model.bn_group_size = group
+        validate_config(c)
     with pytest.raises(ValueError, match="takes one of"):
         imagenet.get_config("xl")

@@ -7,13 +7,16 @@ import ml_collections
 from sresformer_jax.model import config_for
 
 
-def model_config(variant: str, conv_impl: str = "auto", **overrides) -> ml_collections.ConfigDict:
-    """An official variant's constructor arguments (sresformer_jax.model.VARIANTS) with overrides, and the
-    lowering ``conv_impl`` ("auto", "xla", "slices" or "events"; resolved when the model is built). Sequences
-    are tuples so that they can be overridden on the command line (--config.model.num_heads='(1,3,6)')."""
+def model_config(variant: str, conv_impl: str = "auto", bn_group_size: int | None = None,
+                 **overrides) -> ml_collections.ConfigDict:
+    """An official variant's constructor arguments (sresformer_jax.model.VARIANTS) with overrides, the
+    lowering ``conv_impl`` ("auto", "xla", "slices" or "events"; resolved when the model is built) and
+    ``bn_group_size`` (images per BatchNorm statistics group in training; None: the whole global batch).
+    Sequences are tuples so that they can be overridden on the command line (--config.model.num_heads='(1,3,6)')."""
     cfg = config_for(variant, **overrides)
+    group = ml_collections.config_dict.placeholder(int) if bn_group_size is None else bn_group_size
     return ml_collections.ConfigDict({**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()},
-                                      "conv_impl": conv_impl})
+                                      "conv_impl": conv_impl, "bn_group_size": group})
 
 
 def base_config() -> ml_collections.ConfigDict:

@@ -15,8 +15,9 @@ def uses_kernels(use_kernels: bool, dtype) -> bool:
     return use_kernels and jnp.dtype(dtype) in kernels.STATS_DTYPES
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float, use_kernels: bool = False):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float, use_kernels: bool = False,
+                     group_axis: int | None = None):
     """Training-mode BatchNorm over every axis but the last → (y, μ_B, σ²_B), σ² biased. Its backward keeps
     only x, μ and r = 1/√(σ² + ε) (autodiff would keep several full-size intermediates):
 
@@ -27,38 +28,51 @@ def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float
     float32, and the backward keeps x in its own dtype.
     ``use_kernels`` (float32/float64 x): the statistics μ, σ², Σ dy and Σ dy·(x − μ) come from the compiled CPU
     kernels (``kernels.batch_norm_stats``), which read their inputs once; otherwise from jnp reductions.
+    ``group_axis``: statistics per index of that axis (groups of images, each normalised on its own), so μ_B
+    and σ²_B are [groups, C]; the reductions are then jnp's.
     """
-    return _bn_fwd(x, scale, bias, eps, use_kernels)[0]
+    return _bn_fwd(x, scale, bias, eps, use_kernels, group_axis)[0]
 
 
-def _bn_fwd(x_in, scale, bias, eps, use_kernels):
+def _reduced(x, group_axis):
+    """The axes BatchNorm reduces over, and the count N of elements per statistic."""
+    axes = tuple(i for i in range(x.ndim - 1) if i != group_axis)
+    groups = 1 if group_axis is None else x.shape[group_axis]
+    return axes, x.size // (groups * x.shape[-1])
+
+
+def _bn_fwd(x_in, scale, bias, eps, use_kernels, group_axis):
     x = x_in.astype(jnp.promote_types(x_in.dtype, jnp.float32))       # statistics and x̂ in float32 (or f64)
-    axes = tuple(range(x.ndim - 1))
-    if uses_kernels(use_kernels, x.dtype):
-        mean, var = kernels.batch_norm_stats(x)
+    axes, _ = _reduced(x, group_axis)
+    if group_axis is None and uses_kernels(use_kernels, x.dtype):
+        mean, var = kernels.batch_norm_stats(x)                        # [C]
     else:
-        mean = jnp.mean(x, axes)
-        var = jnp.mean(jnp.square(x - mean), axes)
+        mean = jnp.mean(x, axes, keepdims=group_axis is not None)      # [C] or, grouped, [1.., groups, 1.., C]
+        var = jnp.mean(jnp.square(x - mean), axes, keepdims=group_axis is not None)
     r = jax.lax.rsqrt(var + eps)
     # the backward keeps x as it came (bf16 under bf16 compute: half of float32's bytes)
     res = (checkpoint_name(x_in, "bn_input"), checkpoint_name(mean, "bn_stats"), checkpoint_name(r, "bn_stats"), scale)
-    return ((x - mean) * (r * scale) + bias, mean, var), res
+    stats = (lambda v: v) if group_axis is None else (lambda v: v.reshape(-1, x.shape[-1]))   # [groups, C]
+    return ((x - mean) * (r * scale) + bias, stats(mean), stats(var)), res
 
 
-def _bn_bwd(eps, use_kernels, res, cot):
+def _bn_bwd(eps, use_kernels, group_axis, res, cot):
     x_in, mean, r, scale = res
     x = x_in.astype(jnp.promote_types(x_in.dtype, jnp.float32))
     dy, dmean, dvar = cot
-    axes = tuple(range(x.ndim - 1))
-    n = x.size // x.shape[-1]
-    if uses_kernels(use_kernels, x.dtype):
+    dmean, dvar = dmean.reshape(mean.shape), dvar.reshape(mean.shape)
+    axes, n = _reduced(x, group_axis)
+    if group_axis is None and uses_kernels(use_kernels, x.dtype):
         dbias, dy_centred = kernels.batch_norm_grad_stats(x, dy, mean)
     else:
-        dbias, dy_centred = jnp.sum(dy, axes), jnp.sum(dy * (x - mean), axes)
-    dscale = dy_centred * r
+        keep = group_axis is not None
+        dbias, dy_centred = jnp.sum(dy, axes, keepdims=keep), jnp.sum(dy * (x - mean), axes, keepdims=keep)
+    dscale = dy_centred * r                                            # per group when grouped
     g_mean, gx_mean = dbias * scale / n, dscale * scale / n
     centred = x - mean
     dx = r * (dy * scale - g_mean - centred * (r * gx_mean)) + dmean / n + centred * (2 * dvar / n)
+    if group_axis is not None:                                         # γ and β are shared by the groups
+        dscale, dbias = dscale.reshape(-1, x.shape[-1]).sum(0), dbias.reshape(-1, x.shape[-1]).sum(0)
     return dx.astype(x_in.dtype), dscale, dbias
 
 

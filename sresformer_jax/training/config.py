@@ -7,6 +7,10 @@ import jax.numpy as jnp
 from ..model import CONFIG_KEYS, SpikingResformer, remat_policy
 from ..ops import CONV_IMPLS
 
+# config.model keys that are not the architecture (CONFIG_KEYS, stored with every checkpoint) but decide how
+# the training program computes: its lowering, and BatchNorm's statistics groups
+TRAINING_MODEL_KEYS = ("conv_impl", "bn_group_size")
+
 # config.precision → the compute dtype (parameters stay float32)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -57,17 +61,24 @@ def validate_config(config) -> None:
         problems.append("config.model is missing (the model config: " + ", ".join(CONFIG_KEYS) + ")")
     if problems:
         raise ValueError("bad config:\n  " + "\n  ".join(problems))
-    unknown = sorted(set(config.model.keys()) - set(CONFIG_KEYS) - {"conv_impl"})
+    unknown = sorted(set(config.model.keys()) - set(CONFIG_KEYS) - set(TRAINING_MODEL_KEYS))
     if unknown:
-        raise ValueError(f"config.model has unknown keys {unknown}; allowed: {list(CONFIG_KEYS) + ['conv_impl']}")
+        raise ValueError(f"config.model has unknown keys {unknown}; allowed: "
+                         f"{list(CONFIG_KEYS) + list(TRAINING_MODEL_KEYS)}")
     try:
         model_config = config.model.to_dict()
         conv_impl = model_config.pop("conv_impl", "auto")
         if conv_impl not in CONV_IMPLS:
             raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {conv_impl!r}")
-        SpikingResformer.from_config(model_config, conv_impl="xla")          # the architecture's checks
+        SpikingResformer.from_config(model_config, conv_impl="xla",          # the architecture's checks
+                                     bn_group_size=model_config.pop("bn_group_size", None))
     except (TypeError, ValueError) as e:
         raise ValueError(f"config.model: {e}") from e
+    group = config.model.get("bn_group_size")
+    if group is not None and config.batch_size % group:
+        raise ValueError(f"config.model.bn_group_size={group} does not divide config.batch_size="
+                         f"{config.batch_size}: BatchNorm groups are that many images of the global batch; choose a "
+                         f"divisor of it (or leave it unset for statistics over the whole batch)")
     if "img_size" in config.dataset and config.dataset.img_size != config.model.img_size:
         raise ValueError(f"config.dataset.img_size={config.dataset.img_size} but config.model.img_size="
                          f"{config.model.img_size}: set both to the input resolution")

@@ -26,7 +26,7 @@ from .. import checkpoint, trees
 from ..data import get_dataset
 from ..model import SpikingResformer
 from ..runtime import rss_bytes
-from .config import DTYPES
+from .config import DTYPES, TRAINING_MODEL_KEYS
 from .evaluation import evaluate
 from .logging import MetricLogger, plot_curves
 from . import run_config
@@ -88,17 +88,17 @@ def _mean(metrics: list[dict]) -> dict:
 
 def build_model(model_config: dict, precision: str = "float32", remat: str | bool = "none",
                 conv_impl: str | None = None) -> SpikingResformer:
-    """The model of ``model_config`` (architecture keys, and optionally ``conv_impl``) computing in
-    ``precision`` (parameters stay float32); ``remat`` (a ``model.REMAT_POLICIES`` name) is what each block keeps
-    for the backward pass (less memory, more compute); ``conv_impl`` (default: the config's, else "auto") is its
-    lowering, resolved here, before anything is traced."""
+    """The model of ``model_config`` (architecture keys, and optionally ``conv_impl`` and ``bn_group_size``)
+    computing in ``precision`` (parameters stay float32); ``remat`` (a ``model.REMAT_POLICIES`` name) is what each
+    block keeps for the backward pass (less memory, more compute); ``conv_impl`` (default: the config's, else
+    "auto") is its lowering, resolved here, before anything is traced."""
     if precision not in DTYPES:
         raise ValueError(f"config.precision must be one of {sorted(DTYPES)}, got {precision!r}")
     dtype = DTYPES[precision]
-    arch = {k: v for k, v in dict(model_config).items() if k != "conv_impl"}
+    arch = {k: v for k, v in dict(model_config).items() if k not in TRAINING_MODEL_KEYS}
     conv_impl = conv_impl or dict(model_config).get("conv_impl", "auto")
     return SpikingResformer.from_config(arch, dtype=None if dtype == jnp.float32 else dtype, remat=remat,
-                                        conv_impl=conv_impl)
+                                        conv_impl=conv_impl, bn_group_size=dict(model_config).get("bn_group_size"))
 
 
 def describe_lowering(model: SpikingResformer) -> str:
