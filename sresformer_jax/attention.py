@@ -115,15 +115,15 @@ class DSSA(nn.Module):
 
         rate_x = _firing_rate(r_x, batch_rate(q), train, self.momentum, init)  # [groups, h]
         c1 = 1.0 / jnp.sqrt(rate_x * d)
-        y1, q = checkpoint_name(y1, "attention_operand"), checkpoint_name(q, "attention_operand")
-        attn = dot("tbhnd,tbhmd->tbhnm", y1, q)                               # [T, B, h, N', HW]
+        y1 = checkpoint_name(y1, "attention_operand")                        # (the spikes are kept as bits)
+        attn = dot("tbhnd,tbhmd->tbhnm", y1, q, binary=1)                     # [T, B, h, N', HW]
         attn = (attn * _per_image(c1, B)).astype(y.dtype)
         a = neuron("lif_attn", count_map=False)(attn)                         # spiking attention map
 
         rate_a = _firing_rate(r_attn, batch_rate(a), train, self.momentum, init)  # [groups, h]
         c2 = 1.0 / jnp.sqrt(rate_a * n_kv)
-        a, y2 = checkpoint_name(a, "attention_operand"), checkpoint_name(y2, "attention_operand")
-        out = dot("tbhnm,tbhnd->tbhmd", a, y2)                                # [T, B, h, HW, d]
+        y2 = checkpoint_name(y2, "attention_operand")
+        out = dot("tbhnm,tbhnd->tbhmd", a, y2, binary=0)                      # [T, B, h, HW, d]
         out = (out * _per_image(c2, B)).astype(y.dtype)
         out = jnp.moveaxis(out, 2, 3).reshape(T, B, H, W, C)                  # head-major channels
 

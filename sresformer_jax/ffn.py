@@ -35,8 +35,11 @@ class GWFFN(nn.Module):
                   param_dtype=self.param_dtype)                                 # its convolutions read spikes
         neuron = lambda name: Neuron(self.neuron, param_dtype=self.param_dtype, name=name)  # noqa: E731
 
-        u = ConvBN(inner, 1, name="up", **kw)(neuron("up_lif")(x), train)               # [T,B,H,W,RC]
-        g = ConvBN(inner, 3, padding=1, groups=inner // self.group_size, name="conv", **kw)(
-            neuron("conv_lif")(u), train)
+        # The two inner neurons read BatchNorm outputs: they rebuild their inputs from the convolutions' outputs
+        # (which BatchNorm's backward keeps) instead of keeping their membranes (neurons.Rebuild).
+        u, u_src = ConvBN(inner, 1, name="up", **kw)(neuron("up_lif")(x), train, rebuild=True)   # [T,B,H,W,RC]
+        g, g_src = ConvBN(inner, 3, padding=1, groups=inner // self.group_size, name="conv", **kw)(
+            neuron("conv_lif")(u, u_src), train, rebuild=True)
+        src = g_src.plus(u_src) if u_src is not None else None
         u = g + u                                                                       # inner skip
-        return ConvBN(self.dim, 1, name="down", **kw)(neuron("down_lif")(u), train) + x
+        return ConvBN(self.dim, 1, name="down", **kw)(neuron("down_lif")(u, src), train) + x

@@ -7,6 +7,7 @@ statistic is computed (the lowering) is a field, chosen when the model is built;
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -15,8 +16,8 @@ import jax.numpy as jnp
 from flax import linen as nn
 from jax.ad_checkpoint import checkpoint_name
 
-from .neurons import SPIKE_COUNTS, lif, plif
-from .ops import batch_norm_train, conv2d, conv_lowering, uses_stats_kernels
+from .neurons import SPIKE_COUNTS, Rebuild, lif, plif
+from .ops import batch_norm_train, conv2d, conv_lowering, normalize, uses_stats_kernels
 from .ops.conv import max_pool  # noqa: F401  (a layer of the model; pure lax, shared with the deploy form)
 
 Dtype = Any
@@ -55,38 +56,49 @@ class BatchNorm(nn.Module):
     group_size: int | None = None
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool, repeat: int = 1) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool, repeat: int = 1, rebuild: bool = False):
+        """y [..., C]; with ``rebuild``, (y, how to rebuild y from what the backward keeps anyway: a
+        ``neurons.Rebuild``, None in evaluation), for a neuron that reads y directly."""
         c = x.shape[-1]
         scale = self.param("scale", nn.initializers.ones, (c,), self.param_dtype)
         bias = self.param("bias", nn.initializers.zeros, (c,), self.param_dtype)
         ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), self.param_dtype))
         ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), self.param_dtype))
         stat_dtype = jnp.promote_types(x.dtype, jnp.float32)
-        if train:                   # x as it comes (bf16 under bf16 compute, as autocast); statistics in float32
-            args = (scale.astype(stat_dtype), bias.astype(stat_dtype), self.epsilon, self.stats_kernels)
-            groups = 1
-            if self.group_size is None:
-                y, mean, var = batch_norm_train(x, *args)
-            else:
-                b = x.ndim - 4                                         # the batch axis of [..., B, H, W, C]
-                if b < 0:
-                    raise ValueError(f"BatchNorm groups of images need an [..., B, H, W, C] input, got shape "
-                                     f"{tuple(x.shape)}")
-                groups = image_groups(x.shape[b], self.group_size)
-                xg = x.reshape(x.shape[:b] + (groups, self.group_size) + x.shape[b + 1:])
-                y, mean, var = batch_norm_train(xg, *args, group_axis=b)
-                y, mean, var = y.reshape(x.shape), mean[0], var[0]      # group 0's statistics are kept
-            if not self.is_initializing():
-                n = repeat * (x.size // (c * groups))
-                m = self.momentum
-                ra_mean.value = ((1 - m) * ra_mean.value + m * mean).astype(self.param_dtype)
-                ra_var.value = ((1 - m) * ra_var.value + m * var * (n / max(n - 1, 1))).astype(
-                    self.param_dtype)
-            return y.astype(self.dtype or x.dtype)
-        mean, var = ra_mean.value.astype(stat_dtype), ra_var.value.astype(stat_dtype)
-        y = ((x.astype(stat_dtype) - mean) * jax.lax.rsqrt(var + self.epsilon) * scale.astype(stat_dtype)
-             + bias.astype(stat_dtype))
-        return y.astype(self.dtype or x.dtype)
+        dtype = self.dtype or x.dtype
+        if not train:
+            mean, var = ra_mean.value.astype(stat_dtype), ra_var.value.astype(stat_dtype)
+            y = ((x.astype(stat_dtype) - mean) * jax.lax.rsqrt(var + self.epsilon) * scale.astype(stat_dtype)
+                 + bias.astype(stat_dtype)).astype(dtype)
+            return (y, None) if rebuild else y
+        # x as it comes (bf16 under bf16 compute, as autocast); statistics in float32
+        scale, bias = scale.astype(stat_dtype), bias.astype(stat_dtype)
+        groups, group_axis, xg = 1, None, x
+        if self.group_size is not None:
+            group_axis = x.ndim - 4                                    # the batch axis of [..., B, H, W, C]
+            if group_axis < 0:
+                raise ValueError(f"BatchNorm groups of images need an [..., B, H, W, C] input, got shape "
+                                 f"{tuple(x.shape)}")
+            groups = image_groups(x.shape[group_axis], self.group_size)
+            xg = x.reshape(x.shape[:group_axis] + (groups, self.group_size) + x.shape[group_axis + 1:])
+        xg = checkpoint_name(xg, "bn_input")                           # kept by the backward (one array)
+        y, mean, var = batch_norm_train(xg, scale, bias, self.epsilon, self.stats_kernels, group_axis)
+        y = y.reshape(x.shape).astype(dtype)
+        if not self.is_initializing():
+            n = repeat * (x.size // (c * groups))
+            m = self.momentum
+            mean0, var0 = (mean, var) if group_axis is None else (mean[0], var[0])   # group 0's are kept
+            ra_mean.value = ((1 - m) * ra_mean.value + m * mean0).astype(self.param_dtype)
+            ra_var.value = ((1 - m) * ra_var.value + m * var0 * (n / max(n - 1, 1))).astype(self.param_dtype)
+        if not rebuild:
+            return y
+        fn = functools.partial(_rebuild_bn, eps=self.epsilon, group_axis=group_axis, shape=x.shape, dtype=dtype)
+        return y, Rebuild(fn, (xg, mean, var, scale, bias))
+
+
+def _rebuild_bn(x, mean, var, scale, bias, *, eps, group_axis, shape, dtype):
+    """BatchNorm's training output, as ``BatchNorm`` computes it, from its input and batch statistics."""
+    return normalize(x, mean, var, scale, bias, eps, group_axis).reshape(shape).astype(dtype)
 
 
 def image_groups(batch: int, group_size: int) -> int:
@@ -117,7 +129,8 @@ class ConvBN(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool, repeat: int = 1) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool, repeat: int = 1, rebuild: bool = False):
+        """BN(Conv(x)); with ``rebuild``, also how a neuron reading it may rebuild it (``BatchNorm``)."""
         cin = x.shape[-1]
         k = self.kernel_size
         kernel = self.param("kernel", trunc_normal_init(0.02), (k, k, cin // self.groups, self.features),
@@ -127,7 +140,7 @@ class ConvBN(nn.Module):
         y = conv2d(x.astype(dtype), kernel, self.stride, self.padding, self.groups,
                    conv_lowering(self.conv_impl, self.spikes), binary=self.spikes).astype(dtype)
         return BatchNorm(dtype=dtype, param_dtype=self.param_dtype, stats_kernels=uses_stats_kernels(
-            self.conv_impl), group_size=self.bn_group_size, name="bn")(y, train, repeat)
+            self.conv_impl), group_size=self.bn_group_size, name="bn")(y, train, repeat, rebuild)
 
 
 class Neuron(nn.Module):
@@ -144,13 +157,15 @@ class Neuron(nn.Module):
     count_map: bool = True  # with spike counting on: also sow the per-pixel count map of [T, B, H, W, C] spikes
 
     @nn.compact
-    def __call__(self, x_seq: jax.Array) -> jax.Array:
+    def __call__(self, x_seq: jax.Array, rebuild: Rebuild | None = None) -> jax.Array:
+        """Spikes of ``x_seq``; ``rebuild`` (optional): how ``x_seq`` is computed from arrays kept anyway, so that
+        the backward recomputes the membranes instead of keeping them (``neurons.Rebuild``)."""
         if self.kind == "LIF":
-            s = lif(x_seq, self.tau, self.v_threshold, self.surrogate, self.alpha, self.unroll)
+            s = lif(x_seq, self.tau, self.v_threshold, self.surrogate, self.alpha, self.unroll, rebuild)
         elif self.kind == "PLIF":
             w0 = -math.log(self.tau - 1.0)
             w = self.param("w", lambda _: jnp.asarray(w0, self.param_dtype))
-            s = plif(x_seq, w, self.v_threshold, self.surrogate, self.alpha, self.unroll)
+            s = plif(x_seq, w, self.v_threshold, self.surrogate, self.alpha, self.unroll, rebuild)
         else:
             raise ValueError(f"unknown neuron kind {self.kind!r}; choose 'LIF' or 'PLIF'")
         s = checkpoint_name(s, "spikes")      # names what the backward keeps (memory report, remat policies)

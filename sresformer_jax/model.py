@@ -8,6 +8,7 @@ no neuron, it is computed once and broadcast over T (exact, BatchNorm's unbiased
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -61,10 +62,10 @@ class Downsample(nn.Module):
                       name="conv")(s, train)
 
 
-# What each DSSA/GWFFN block keeps for its backward pass (``remat``); the rest is recomputed there. Values are
-# named where they are made (``jax.ad_checkpoint.checkpoint_name``): "spike_bytes" (the spikes a convolution
-# keeps, as bits), "membrane", "bn_input" (a convolution's output), "attention_operand", "block_input"
-# (benchmarks/memory.py measures each policy).
+# What the stem and each SpikingResformer block (the stage's downsample before its first block, DSSA, GWFFN)
+# keep for the backward pass (``remat``); the rest is recomputed there. Values are named where they are made
+# (``jax.ad_checkpoint.checkpoint_name``): "spike_bytes" (the spikes a convolution keeps, as bits), "membrane",
+# "bn_input" (a convolution's output), "attention_operand", "block_input" (benchmarks/memory.py measures each).
 REMAT_POLICIES = {
     "none": None,                                                        # no remat: autodiff keeps what it needs
     "block": jax.checkpoint_policies.nothing_saveable,                   # only the block's input: +1 forward
@@ -113,7 +114,7 @@ class SpikingResformer(nn.Module):
     dvs: bool = False                  # input carries its own time axis [B, T, H, W, C]
     dtype: Dtype | None = None         # computation dtype (None: the input's)
     param_dtype: Dtype = jnp.float32
-    remat: str | bool = "none"         # REMAT_POLICIES: what each DSSA/GWFFN block keeps for the backward pass
+    remat: str | bool = "none"         # REMAT_POLICIES: what the stem and each block keep for the backward pass
     conv_impl: str = "auto"            # "auto" | "xla" | "slices" | "events", resolved in __post_init__
     bn_group_size: int | None = None   # images per BatchNorm statistics group in training (None: the batch)
 
@@ -187,6 +188,13 @@ class SpikingResformer(nn.Module):
         m = 4 if self.prologue == "default" else 1
         return m * 2 ** (len(self.patch_sizes) - 1) * max(self.patch_sizes) * 2
 
+    def _regions(self):
+        """How the stem and each block (downsample, DSSA, GWFFN) are applied: as they are, or as a
+        ``jax.checkpoint`` region of the remat policy, which keeps its input and what the policy names."""
+        if self.remat == "none":
+            return lambda fn: fn
+        return lambda fn: nn.remat(fn, policy=REMAT_POLICIES[self.remat])
+
     def _check_input(self, x: jax.Array) -> None:
         want = "[B, T, H, W, C] event frames" if self.dvs else "[B, H, W, C] images (NHWC)"
         if x.ndim != (5 if self.dvs else 4):
@@ -207,36 +215,39 @@ class SpikingResformer(nn.Module):
         lowered = dict(kw, conv_impl=self.conv_impl, bn_group_size=self.bn_group_size)
         dtype = self.dtype or x.dtype
         x = x.astype(dtype)
-        if self.prologue == "default":
-            stem = ConvBN(self.planes[0], 7, stride=2, padding=3, name="stem", **lowered)
-        else:
-            stem = ConvBN(self.planes[0], 3, stride=1, padding=1, name="stem", **lowered)
-        if self.dvs:
-            x = stem(jnp.swapaxes(x, 0, 1), train)                           # [T, B, H, W, D1]
-        else:
-            x = stem(x, train, repeat=self.T)                                 # [B, H, W, D1], once for all T
-        if self.prologue == "default":
-            x = max_pool(x, 3, 2, 1)
-        if not self.dvs:
-            x = jnp.broadcast_to(x[None], (self.T,) + x.shape)                # direct encoding
-        dssa, gwffn = DSSA, GWFFN
-        if self.remat != "none":             # jax.checkpoint per block: what the policy does not keep is recomputed
-            policy = REMAT_POLICIES[self.remat]
-            dssa = nn.remat(DSSA, static_argnums=(2,), policy=policy)
-            gwffn = nn.remat(GWFFN, static_argnums=(2,), policy=policy)
+        regions = self._regions()
+
+        def stem(mdl, x):                                                     # image → [B, H', W', D1]
+            k, stride, pad = (7, 2, 3) if self.prologue == "default" else (3, 1, 1)
+            conv = ConvBN(self.planes[0], k, stride=stride, padding=pad, name="stem", parent=mdl, **lowered)
+            if self.dvs:
+                x = conv(jnp.swapaxes(x, 0, 1), train)                       # [T, B, H, W, D1]
+            else:
+                x = conv(x, train, repeat=self.T)                             # [B, H, W, D1], once for all T
+            return max_pool(x, 3, 2, 1) if self.prologue == "default" else x
+
+        def block(mdl, x, s, k, c, h, p):                                     # one SpikingResformer block
+            if x.ndim == 4:                    # direct encoding, here so that a remat region keeps [B, ...] once
+                x = jnp.broadcast_to(x[None], (self.T,) + x.shape)            # [T, B, H, W, C]
+            if s > 1 and k == 1:
+                x = Downsample(c, self.activation, name=f"stage{s}_downsample", parent=mdl, **lowered)(x, train)
+            x = DSSA(c, h, p, self.activation, name=f"stage{s}_dssa{k}", parent=mdl, **lowered)(x, train)
+            return GWFFN(c, group_size=self.group_size, neuron=self.activation, name=f"stage{s}_gwffn{k}",
+                         parent=mdl, **lowered)(x, train)
+
+        x = regions(stem)(self, x)
         for i, (n, c, h, p) in enumerate(zip(self.blocks, self.planes, self.num_heads, self.patch_sizes)):
-            s = i + 1
-            if i:
-                x = Downsample(c, self.activation, name=f"stage{s}_downsample", **lowered)(x, train)
             for k in range(1, n + 1):
-                x = checkpoint_name(x, "block_input")                         # [T, B, H, W, C]
-                x = dssa(c, h, p, self.activation, name=f"stage{s}_dssa{k}", **lowered)(x, train)
-                x = checkpoint_name(x, "block_input")
-                x = gwffn(c, group_size=self.group_size, neuron=self.activation,
-                          name=f"stage{s}_gwffn{k}", **lowered)(x, train)
+                x = checkpoint_name(x, "block_input")                         # [T, B, H, W, C] ([B, ...] first)
+                x = regions(functools.partial(block, s=i + 1, k=k, c=c, h=h, p=p))(self, x)
         x = jnp.mean(x, axis=(2, 3))                                          # [T, B, D3]
         return nn.Dense(self.num_classes, use_bias=False, kernel_init=trunc_normal_init(0.02),
-                        name="classifier", **kw)(x)                           # [T, B, classes]
+                        dot_general=_named_param_copy, name="classifier", **kw)(x)   # [T, B, classes]
+
+
+def _named_param_copy(x, kernel, *args, **kwargs):
+    """The classifier's product, its compute-dtype kernel named as a parameter copy (as ConvBN's)."""
+    return jax.lax.dot_general(x, checkpoint_name(kernel, "param_copy"), *args, **kwargs)
 
 
 def config_for(name: str, **overrides) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -127,19 +128,67 @@ def _multistep_bwd(tau, v_threshold, surrogate, alpha, unroll, res, ds_seq):
 _multistep.defvjp(_multistep_fwd, _multistep_bwd)
 
 
+class Rebuild(NamedTuple):
+    """A neuron's input as an elementwise function of arrays that other layers keep for their own backward pass
+    anyway: X = ``fn(*operands)`` (e.g. a BatchNorm's output from its input and batch statistics). A neuron given
+    one keeps those operands instead of its membranes, and its backward recomputes X and then H (elementwise
+    work, no matmul): the values are the same, the membranes' memory is saved."""
+
+    fn: Callable
+    operands: tuple
+
+    def plus(self, other: "Rebuild") -> "Rebuild":
+        """X + X′ (in X's dtype, as the model adds them)."""
+        return Rebuild(functools.partial(_sum_of, self.fn, other.fn, len(self.operands)),
+                       self.operands + other.operands)
+
+
+def _sum_of(fa, fb, n, *operands):
+    return fa(*operands[:n]) + fb(*operands[n:])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 3, 4, 5, 6, 7))
+def _multistep_rebuilt(fn, operands, k, tau, v_threshold, surrogate, alpha, unroll):
+    """``_multistep(fn(*operands), ...)`` whose backward keeps ``operands`` and recomputes X and H from them."""
+    return _multistep(fn(*operands), k, tau, v_threshold, surrogate, alpha, unroll)
+
+
+def _multistep_rebuilt_fwd(fn, operands, k, tau, v_threshold, surrogate, alpha, unroll):
+    s, _ = _multistep_fwd(fn(*operands), k, tau, v_threshold, surrogate, alpha, unroll)
+    return s, (operands, k)
+
+
+def _multistep_rebuilt_bwd(fn, tau, v_threshold, surrogate, alpha, unroll, res, ds_seq):
+    operands, k = res
+    x_seq, x_vjp = jax.vjp(fn, *operands)
+    _, kept = _multistep_fwd(x_seq, k, tau, v_threshold, surrogate, alpha, unroll)
+    dx, dk = _multistep_bwd(tau, v_threshold, surrogate, alpha, unroll, kept, ds_seq)
+    return x_vjp(dx), dk
+
+
+_multistep_rebuilt.defvjp(_multistep_rebuilt_fwd, _multistep_rebuilt_bwd)
+
+
+def _run(x_seq, k, tau, v_threshold, surrogate, alpha, unroll, rebuild):
+    if rebuild is None:
+        return _multistep(x_seq, k, tau, v_threshold, surrogate, alpha, unroll)
+    return _multistep_rebuilt(rebuild.fn, tuple(rebuild.operands), k, tau, v_threshold, surrogate, alpha, unroll)
+
+
 def lif(x_seq: jax.Array, tau: float = 2.0, v_threshold: float = 1.0, surrogate: str = "atan",
-        alpha: float | None = None, unroll: int | bool = 1) -> jax.Array:
-    """Multi-step LIF: ``x_seq`` [T, ...] real input → spikes [T, ...]. H = V + (X − V)/τ."""
+        alpha: float | None = None, unroll: int | bool = 1, rebuild: Rebuild | None = None) -> jax.Array:
+    """Multi-step LIF: ``x_seq`` [T, ...] real input → spikes [T, ...]. H = V + (X − V)/τ.
+    ``rebuild``: how ``x_seq`` is computed from kept arrays (``Rebuild``); then the membranes are not kept."""
     _check_surrogate(surrogate)
-    return _multistep(x_seq, jnp.zeros((), x_seq.dtype), float(tau), v_threshold, surrogate, alpha, unroll)
+    return _run(x_seq, jnp.zeros((), x_seq.dtype), float(tau), v_threshold, surrogate, alpha, unroll, rebuild)
 
 
 def plif(x_seq: jax.Array, w: jax.Array, v_threshold: float = 1.0, surrogate: str = "atan",
-         alpha: float | None = None, unroll: int | bool = 1) -> jax.Array:
+         alpha: float | None = None, unroll: int | bool = 1, rebuild: Rebuild | None = None) -> jax.Array:
     """Multi-step parametric LIF: H = V + (X − V)·sigmoid(w), one learnable scalar ``w`` per layer."""
     _check_surrogate(surrogate)
     k = jax.nn.sigmoid(w).astype(x_seq.dtype)
-    return _multistep(x_seq, k, None, v_threshold, surrogate, alpha, unroll)
+    return _run(x_seq, k, None, v_threshold, surrogate, alpha, unroll, rebuild)
 
 
 def fire(x_seq: jax.Array, v_threshold: float | jax.Array = 1.0, *, tau: float = 2.0, k: jax.Array | None = None,

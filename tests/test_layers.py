@@ -102,11 +102,14 @@ def test_xla_conv_of_spikes_keeps_bits_and_equals_autodiff_float64(case, x64):
 
 
 def test_spike_bits_round_trip():
-    from sresformer_jax.ops.conv import pack_bits, unpack_bits
+    from sresformer_jax.ops.bits import pack_bits, unpack_bits
     s = (_normal((2, 3, 3, 24), jnp.float32) > 0.5).astype(jnp.float32)
     packed = pack_bits(s)
     assert packed.dtype == jnp.uint8 and packed.shape == (2, 3, 3, 3)
     np.testing.assert_array_equal(unpack_bits(packed, jnp.float32), s)
+    s = s[..., :21]                                                   # not a multiple of 8: zero-padded
+    assert pack_bits(s).shape == (2, 3, 3, 3)
+    np.testing.assert_array_equal(unpack_bits(pack_bits(s), jnp.float32, 21), s)
 
 
 @pytest.mark.parametrize("spikes", [True, False], ids=["spikes", "dense"])
@@ -344,3 +347,29 @@ def test_scan_buffer_equals_a_scan_with_outputs(dtype):
     loops = [line for line in run.lower(xs).compile().as_text().splitlines() if " while(" in line]
     assert loops and all("f32[5,8,96]" not in line.split(" while(")[0] for line in loops
                          if dtype == jnp.bfloat16), loops
+
+
+@pytest.mark.parametrize("dtype", [jnp.float64, jnp.bfloat16])
+@pytest.mark.parametrize("spec,which", [("tbhnd,tbhmd->tbhnm", 1), ("tbhnm,tbhnd->tbhmd", 0)])
+def test_dot_of_spikes_keeps_bits_and_equals_dot(spec, which, dtype, x64):
+    """``dot(binary=...)``: the spike operand is kept as bits (along its last axis, 4 or 21: not multiples of 8);
+    the values and both gradients equal ``dot``'s."""
+    from jax._src.ad_checkpoint import saved_residuals
+    from sresformer_jax.ops import dot
+    k = jax.random.split(jax.random.PRNGKey(0), 3)
+    shapes = {"tbhnd,tbhmd->tbhnm": ((2, 1, 3, 5, 4), (2, 1, 3, 21, 4)),
+              "tbhnm,tbhnd->tbhmd": ((2, 1, 3, 5, 21), (2, 1, 3, 5, 4))}[spec]
+    ops = [jax.random.normal(k[i], s).astype(dtype) for i, s in enumerate(shapes)]
+    ops[which] = (ops[which] > 0).astype(dtype)
+    ct = jax.random.normal(k[2], jnp.einsum(spec, *ops).shape).astype(
+        jnp.float32 if dtype == jnp.bfloat16 else dtype)
+    y1, vjp1 = jax.vjp(lambda a, b: dot(spec, a, b), *ops)
+    y2, vjp2 = jax.vjp(lambda a, b: dot(spec, a, b, binary=which), *ops)
+    np.testing.assert_array_equal(y1, y2)
+    for g1, g2 in zip(vjp1(ct), vjp2(ct)):
+        np.testing.assert_array_equal(g1, g2)
+    kept = saved_residuals(lambda a, b: jnp.sum(dot(spec, a, b, binary=which) * ct), *ops)
+    spikes = ops[which].shape
+    kept = [(a.shape, a.dtype) for a, _ in kept]
+    assert (spikes[:-1] + (-(-spikes[-1] // 8),), jnp.uint8) in kept           # ⌈n/8⌉ bytes
+    assert (spikes, jnp.dtype(dtype)) not in kept and (ops[1 - which].shape, jnp.dtype(dtype)) in kept

@@ -169,3 +169,37 @@ def test_fire_is_the_neurons_forward_bit_for_bit(dtype):
     np.testing.assert_array_equal(fire(x, k=jax.nn.sigmoid(w).astype(dtype)), plif(x, w) > 0)
     np.testing.assert_array_equal(fire(x, jnp.ones((4,), dtype)), fire(x))
     assert fire(x).dtype == jnp.bool_
+
+
+@pytest.mark.parametrize("kind", ["LIF", "PLIF"])
+def test_a_neuron_that_rebuilds_its_input_equals_the_plain_neuron(x64, kind):
+    """A neuron given ``Rebuild(fn, operands)`` keeps the operands instead of its membranes and recomputes both in
+    its backward: the same spikes and the same gradients for the operands (and PLIF's w) in float64; its
+    backward keeps no [T, ...] membrane."""
+    from jax._src.ad_checkpoint import saved_residuals
+    from sresformer_jax.neurons import Rebuild
+    rng = np.random.default_rng(1)
+    a, b = (jnp.asarray(rng.uniform(-1, 3, (6, 5, 7))) for _ in range(2))
+    scale = jnp.asarray(rng.uniform(0.5, 1.5, (7,)))
+    ct = jnp.asarray(rng.standard_normal((6, 5, 7)))
+    fn = lambda a, scale: jnp.tanh(a) * scale + 0.5                   # noqa: E731
+    half = lambda b: 0.5 * b                                          # noqa: E731
+    neuron = (lambda x, w, rebuild=None: lif(x, rebuild=rebuild)) if kind == "LIF" else (  # noqa: E731
+        lambda x, w, rebuild=None: plif(x, w, rebuild=rebuild))
+
+    def plain(a, scale, b, w):
+        return neuron(fn(a, scale) + half(b), w)
+
+    def rebuilt(a, scale, b, w):
+        src = Rebuild(fn, (a, scale)).plus(Rebuild(half, (b,)))
+        return neuron(src.fn(*src.operands), w, src)
+
+    w = jnp.asarray(0.3)
+    s1, vjp1 = jax.vjp(plain, a, scale, b, w)
+    s2, vjp2 = jax.vjp(rebuilt, a, scale, b, w)
+    np.testing.assert_array_equal(s1, s2)
+    assert 0.1 < float(jnp.mean(s1)) < 0.9
+    for g1, g2 in zip(vjp1(ct), vjp2(ct)):
+        np.testing.assert_allclose(g1, g2, rtol=1e-12, atol=1e-12)
+    kept = [d for _, d in saved_residuals(lambda a: jnp.sum(rebuilt(a, scale, b, w) * ct), a)]
+    assert not any("membrane" in d for d in kept), kept

@@ -30,6 +30,8 @@ def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float
     kernels (``kernels.batch_norm_stats``), which read their inputs once; otherwise from jnp reductions.
     ``group_axis``: statistics per index of that axis (groups of images, each normalised on its own), so μ_B
     and σ²_B are [groups, C]; the reductions are then jnp's.
+    The backward keeps ``x`` itself (name it where it is made, e.g. ``checkpoint_name(x, "bn_input")``, so that a
+    layer that rebuilds y from x, μ and σ², ``normalize``, shares that one array).
     """
     return _bn_fwd(x, scale, bias, eps, use_kernels, group_axis)[0]
 
@@ -51,9 +53,26 @@ def _bn_fwd(x_in, scale, bias, eps, use_kernels, group_axis):
         var = jnp.mean(jnp.square(x - mean), axes, keepdims=group_axis is not None)
     r = jax.lax.rsqrt(var + eps)
     # the backward keeps x as it came (bf16 under bf16 compute: half of float32's bytes)
-    res = (checkpoint_name(x_in, "bn_input"), checkpoint_name(mean, "bn_stats"), checkpoint_name(r, "bn_stats"), scale)
+    res = (x_in, checkpoint_name(mean, "bn_stats"), checkpoint_name(r, "bn_stats"), scale)
     stats = (lambda v: v) if group_axis is None else (lambda v: v.reshape(-1, x.shape[-1]))   # [groups, C]
-    return ((x - mean) * (r * scale) + bias, stats(mean), stats(var)), res
+    return (_affine(x, mean, r, scale, bias), stats(mean), stats(var)), res
+
+
+def _affine(x, mean, r, scale, bias):
+    """y = (x − μ)·(r·γ) + β, r = 1/√(σ² + ε): the normalisation, written once (``normalize`` rebuilds it)."""
+    return (x - mean) * (r * scale) + bias
+
+
+def normalize(x_in, mean, var, scale, bias, eps: float, group_axis: int | None = None):
+    """The y of ``batch_norm_train(x_in, scale, bias, eps, group_axis=group_axis)`` from its input and the μ_B,
+    σ²_B it returned, computed as it computes y (the same values): a layer after BatchNorm may rebuild its
+    input from these instead of keeping it for the backward pass."""
+    x = x_in.astype(jnp.promote_types(x_in.dtype, jnp.float32))
+    if group_axis is not None:                                         # [groups, C] → [1.., groups, 1.., C]
+        shape = [1] * x.ndim
+        shape[group_axis], shape[-1] = mean.shape
+        mean, var = mean.reshape(shape), var.reshape(shape)
+    return _affine(x, mean, jax.lax.rsqrt(var + eps), scale, bias)
 
 
 def _bn_bwd(eps, use_kernels, group_axis, res, cot):

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from . import kernels
+from .bits import pack_bits, unpack_bits
 from .dot import dot
 from .scan import LOW_PRECISION, as_bits, from_bits, scan_bits
 
@@ -60,35 +61,21 @@ def _xla_conv(x, kernel, stride, padding, groups):
         preferred_element_type=jnp.float32 if x.dtype in LOW_PRECISION else None)
 
 
-def pack_bits(s: jax.Array) -> jax.Array:
-    """0/1 values [..., C] → uint8 [..., C/8], eight channels per byte (C a multiple of 8)."""
-    bits = s.reshape(s.shape[:-1] + (s.shape[-1] // 8, 8)).astype(jnp.uint8)
-    return jnp.sum(bits << jnp.arange(8, dtype=jnp.uint8), axis=-1, dtype=jnp.uint8)
-
-
-def unpack_bits(packed: jax.Array, dtype) -> jax.Array:
-    """The inverse of ``pack_bits``: uint8 [..., C/8] → 0/1 [..., C] in ``dtype``."""
-    bits = (packed[..., None] >> jnp.arange(8, dtype=jnp.uint8)) & 1
-    return bits.reshape(packed.shape[:-1] + (packed.shape[-1] * 8,)).astype(dtype)
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def _xla_conv_spikes(x, kernel, stride, padding, groups):
-    """XLA's convolution of a spike tensor whose backward keeps the spikes as bits (eight channels per byte, or
-    one byte per spike when the channels are not a multiple of 8; exact for 0/1); the gradients are XLA's own,
-    from the unpacked spikes."""
+    """XLA's convolution of a spike tensor whose backward keeps the spikes as bits (eight channels per byte;
+    exact for 0/1); the gradients are XLA's own, from the unpacked spikes."""
     return _xla_conv(x, kernel, stride, padding, groups)
 
 
 def _xla_conv_spikes_fwd(x, kernel, stride, padding, groups):
-    kept = pack_bits(x) if x.shape[-1] % 8 == 0 else x.astype(jnp.uint8)
-    return _xla_conv(x, kernel, stride, padding, groups), (checkpoint_name(kept, "spike_bytes"), kernel)
+    return _xla_conv(x, kernel, stride, padding, groups), (checkpoint_name(pack_bits(x), "spike_bytes"), kernel)
 
 
 def _xla_conv_spikes_bwd(stride, padding, groups, res, dy):
     kept, kernel = res                             # conv2d casts the kernel to x's dtype
     c = kernel.shape[2] * groups
-    x = unpack_bits(kept, kernel.dtype) if kept.shape[-1] != c else kept.astype(kernel.dtype)
+    x = unpack_bits(kept, kernel.dtype, c)
     _, vjp = jax.vjp(lambda x, k: _xla_conv(x, k, stride, padding, groups), x, kernel)
     return vjp(dy)
 
