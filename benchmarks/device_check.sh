@@ -37,7 +37,7 @@ else
   MODEL=(--model spikingresformer_ti --img-size 224 --T 4 --num-classes 1000)
   RACE=(--batch "${BATCH:-32}" --steps 5 --warmup 2 --max-batch "${CAP:-1024}")
   MEM=(--model spikingresformer_ti --img-size 224 --T 4 --batch 2 --precision float32 bfloat16 float16
-       --remat none block convs --no-compile)
+       --remat none block convs --compile-precisions bfloat16)     # the device's own temp bytes and FLOPs (bf16)
   DEVICE=cuda
 fi
 mkdir -p "$OUT"

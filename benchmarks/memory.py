@@ -1,7 +1,8 @@
 """What the training step keeps for its backward pass, per image and per neuron-step, by kind, on XLA's lowering.
 
     python benchmarks/memory.py --model spikingresformer_ti --img-size 224 --T 4 --batch 2 \
-        [--precision float32 bfloat16 float16] [--remat none block convs] [--no-compile] [--out PATH]
+        [--precision float32 bfloat16 float16] [--remat none block convs] [--no-compile]
+        [--compile-precisions bfloat16] [--out PATH]
 
 For every (precision, remat) pair: the residuals of the training loss's linearization (``jax.vjp``'s saved
 values, listed by ``jax.ad_checkpoint``'s residual analysis) minus the parameters, summed by kind. The model
@@ -183,15 +184,18 @@ def main(argv=None) -> dict:
                    choices=["float32", "bfloat16", "float16"])
     p.add_argument("--remat", nargs="+", default=["none", "block", "convs"], choices=["none", "block", "convs"])
     p.add_argument("--no-compile", action="store_true", help="residuals only (no XLA memory analysis or FLOPs)")
+    p.add_argument("--compile-precisions", nargs="+", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="compile only these precisions' steps (default: every one given; the others are traced)")
     p.add_argument("--out", default=str(HERE / "results" / "backward_memory_cpu.json"))
     a = p.parse_args(argv)
     import jax
 
     from bench import _commit, machine_info
     rows = []
+    compiled = [] if a.no_compile else (a.compile_precisions or a.precision)
     for prec in a.precision:
         for remat in a.remat:
-            r = measure(a.model, a.img_size, a.T, a.batch, prec, remat, not a.no_compile, a.num_classes)
+            r = measure(a.model, a.img_size, a.T, a.batch, prec, remat, prec in compiled, a.num_classes)
             print(f"{prec:9s} remat={remat:6s} {r['backward_bytes_per_neuron_step']:.2f} B/neuron-step "
                   f"({r['backward_bytes_per_image'] / 1e6:.1f} MB/image)", flush=True)
             rows.append(r)
@@ -199,7 +203,7 @@ def main(argv=None) -> dict:
           f"{jax.devices()[0].platform}\n")
     print(table(rows))
     result = {"commit": _commit(), "machine": machine_info(), "settings": {"img_size": a.img_size, "T": a.T,
-              "batch": a.batch, "compiled": not a.no_compile}, "rows": rows}
+              "batch": a.batch, "compiled": [p for p in a.precision if p in compiled]}, "rows": rows}
     if a.out:                               # one file, one entry per model (a rerun replaces that model's)
         out = Path(a.out)
         out.parent.mkdir(parents=True, exist_ok=True)
