@@ -19,7 +19,7 @@ from flax import linen as nn
 from jax.ad_checkpoint import checkpoint_name
 
 from .layers import ConvBN, Dtype, Neuron, image_groups
-from .ops import dot
+from .ops import dot, lean_backward
 
 FIRING_RATES = "firing_rates"
 
@@ -115,15 +115,16 @@ class DSSA(nn.Module):
 
         rate_x = _firing_rate(r_x, batch_rate(q), train, self.momentum, init)  # [groups, h]
         c1 = 1.0 / jnp.sqrt(rate_x * d)
-        y1 = checkpoint_name(y1, "attention_operand")                        # (the spikes are kept as bits)
-        attn = dot("tbhnd,tbhmd->tbhnm", y1, q, binary=1)                     # [T, B, h, N', HW]
+        bits = lean_backward(self.conv_impl)            # XLA's lowering: the backward keeps the spikes as bits
+        y1, q = checkpoint_name(y1, "attention_operand"), q if bits else checkpoint_name(q, "attention_operand")
+        attn = dot("tbhnd,tbhmd->tbhnm", y1, q, binary=1 if bits else None)  # [T, B, h, N', HW]
         attn = (attn * _per_image(c1, B)).astype(y.dtype)
         a = neuron("lif_attn", count_map=False)(attn)                         # spiking attention map
 
         rate_a = _firing_rate(r_attn, batch_rate(a), train, self.momentum, init)  # [groups, h]
         c2 = 1.0 / jnp.sqrt(rate_a * n_kv)
-        y2 = checkpoint_name(y2, "attention_operand")
-        out = dot("tbhnm,tbhnd->tbhmd", a, y2, binary=0)                      # [T, B, h, HW, d]
+        y2, a = checkpoint_name(y2, "attention_operand"), a if bits else checkpoint_name(a, "attention_operand")
+        out = dot("tbhnm,tbhnd->tbhmd", a, y2, binary=0 if bits else None)   # [T, B, h, HW, d]
         out = (out * _per_image(c2, B)).astype(y.dtype)
         out = jnp.moveaxis(out, 2, 3).reshape(T, B, H, W, C)                  # head-major channels
 

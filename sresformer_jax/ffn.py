@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from .layers import ConvBN, Dtype, Neuron
+from .ops import lean_backward
 
 
 class GWFFN(nn.Module):
@@ -35,9 +36,11 @@ class GWFFN(nn.Module):
                   param_dtype=self.param_dtype)                                 # its convolutions read spikes
         neuron = lambda name: Neuron(self.neuron, param_dtype=self.param_dtype, name=name)  # noqa: E731
 
-        # The two inner neurons read BatchNorm outputs: they rebuild their inputs from the convolutions' outputs
-        # (which BatchNorm's backward keeps) instead of keeping their membranes (neurons.Rebuild).
+        # The two inner neurons read BatchNorm outputs: on XLA's lowering they rebuild their inputs from the
+        # convolutions' outputs (which BatchNorm's backward keeps) instead of keeping membranes (neurons.Rebuild).
+        lean = lean_backward(self.conv_impl)
         u, u_src = ConvBN(inner, 1, name="up", **kw)(neuron("up_lif")(x), train, rebuild=True)   # [T,B,H,W,RC]
+        u_src = u_src if lean else None
         g, g_src = ConvBN(inner, 3, padding=1, groups=inner // self.group_size, name="conv", **kw)(
             neuron("conv_lif")(u, u_src), train, rebuild=True)
         src = g_src.plus(u_src) if u_src is not None else None

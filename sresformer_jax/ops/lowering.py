@@ -65,6 +65,14 @@ def conv_lowering(conv_impl: str, spikes: bool) -> str:
     return "slices" if conv_impl == "events" and not spikes else conv_impl
 
 
+def lean_backward(conv_impl: str) -> bool:
+    """Whether the backward pass keeps the least it can under ``conv_impl``: the attention products' spike operands
+    as bits, and no membranes for the neurons that can rebuild their input (``neurons.Rebuild``). On XLA's
+    lowering, the accelerators' path, where what the backward keeps sets the batch that fits; the CPU lowerings
+    keep those values as they are, which their kernels read without unpacking or recomputing."""
+    return conv_impl == "xla"
+
+
 def uses_stats_kernels(conv_impl: str) -> bool:
     """Whether BatchNorm's statistics use the compiled CPU kernels under ``conv_impl``."""
     return conv_impl == "events"
