@@ -75,17 +75,15 @@ def neuron_steps(model, variables, images) -> int:
     return int(sum(total))
 
 
-def loss_fn(model, variables, images, labels):
-    """The training loss (label smoothing 0.1 on the T-averaged logits) as a function of the parameters."""
-    from sresformer_jax.model import STATE_COLLECTIONS
-    from sresformer_jax.training.losses import classification_loss, smooth_targets
-    targets = smooth_targets(labels, model.num_classes, 0.1)
-
-    def f(params):
-        logits, _ = model.apply({**variables, "params": params}, images, train=True,
-                                mutable=list(STATE_COLLECTIONS))
-        return classification_loss(logits, targets, False, 1.0, 0.0)
-    return f
+def loss_fn(model, variables, images, labels, loss_config):
+    """The train step's loss (``training.steps.training_loss``; the config's label smoothing, no mixup) as a
+    function of the parameters."""
+    from sresformer_jax.training.losses import smooth_targets
+    from sresformer_jax.training.steps import training_loss
+    state = {k: v for k, v in variables.items() if k != "params"}
+    f = training_loss(model, state, images, smooth_targets(labels, model.num_classes, loss_config.label_smoothing),
+                      loss_config)
+    return lambda params: f(params)[0]
 
 
 def residuals(f, params) -> list[tuple[int, str]]:
@@ -122,7 +120,7 @@ def measure(model_name: str, img_size: int, T: int, batch: int, precision: str, 
 
     t0 = time.perf_counter()
     concrete = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), variables)   # traced only, never run
-    f = loss_fn(model, concrete, jnp.zeros(images.shape), jnp.zeros((batch,), jnp.int32))
+    f = loss_fn(model, concrete, jnp.zeros(images.shape), jnp.zeros((batch,), jnp.int32), config.loss)
     res = residuals(f, concrete["params"])
     by_kind, param_copies = dict.fromkeys(ORDER, 0), 0
     for nbytes, desc in res:

@@ -38,6 +38,18 @@ def global_batch(local: dict, data_sharding) -> dict:
     return {k: jax.make_array_from_process_local_data(data_sharding, v) for k, v in local.items()}
 
 
+def training_loss(model, state_variables: dict, images, targets, loss_config):
+    """The training loss as a function of the parameters: params → (loss, (logits, the model's new state)), the
+    training-mode forward from ``state_variables`` (batch_stats, firing_rates) and the loss of ``loss_config``
+    (``config.loss``) on ``targets`` (smoothed, maybe mixed)."""
+    def f(params):
+        logits, new_state = model.apply({"params": params, **state_variables}, images, train=True,
+                                        mutable=list(STATE_COLLECTIONS))
+        loss = classification_loss(logits, targets, loss_config.tet, loss_config.tet_phi, loss_config.tet_lambda)
+        return loss, (logits, new_state)
+    return f
+
+
 def train_step(state: TrainState, batch: dict, *, model, tx, schedule, config) -> tuple[TrainState, dict]:
     """One optimizer step: forward (train mode) → loss on T-averaged logits → grads → AdamW. In float16 the loss
     is scaled by ``state.loss_scale`` and a step with a non-finite gradient is skipped (``loss_scale``)."""
@@ -50,13 +62,11 @@ def train_step(state: TrainState, batch: dict, *, model, tx, schedule, config) -
         images, targets = mixup_cutmix(rng, images, targets, config.mixup)
 
     loss_scale = state.loss_scale
+    loss_of = training_loss(model, {"batch_stats": state.batch_stats, "firing_rates": state.firing_rates},
+                            images, targets, config.loss)
 
     def loss_fn(params):
-        logits, new_state = model.apply({"params": params, "batch_stats": state.batch_stats,
-                                         "firing_rates": state.firing_rates}, images, train=True,
-                                        mutable=list(STATE_COLLECTIONS))
-        loss = classification_loss(logits, targets, config.loss.tet, config.loss.tet_phi,
-                                   config.loss.tet_lambda)
+        loss, (logits, new_state) = loss_of(params)
         return loss_scale.scale_loss(loss), (loss, logits, new_state)
 
     (_, (loss, logits, new_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
