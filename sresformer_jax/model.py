@@ -188,12 +188,10 @@ class SpikingResformer(nn.Module):
         m = 4 if self.prologue == "default" else 1
         return m * 2 ** (len(self.patch_sizes) - 1) * max(self.patch_sizes) * 2
 
-    def _regions(self):
-        """How the stem and each block (downsample, DSSA, GWFFN) are applied: as they are, or as a
-        ``jax.checkpoint`` region of the remat policy, which keeps its input and what the policy names."""
-        if self.remat == "none":
-            return lambda fn: fn
-        return lambda fn: nn.remat(fn, policy=REMAT_POLICIES[self.remat])
+    def _region(self, fn):
+        """``fn(module, x)`` (the stem, or one block: downsample, DSSA, GWFFN) as it is, or as a ``jax.checkpoint``
+        region of the remat policy, which keeps its input and what the policy names."""
+        return fn if self.remat == "none" else nn.remat(fn, policy=REMAT_POLICIES[self.remat])
 
     def _check_input(self, x: jax.Array) -> None:
         want = "[B, T, H, W, C] event frames" if self.dvs else "[B, H, W, C] images (NHWC)"
@@ -215,8 +213,6 @@ class SpikingResformer(nn.Module):
         lowered = dict(kw, conv_impl=self.conv_impl, bn_group_size=self.bn_group_size)
         dtype = self.dtype or x.dtype
         x = x.astype(dtype)
-        regions = self._regions()
-
         def stem(mdl, x):                                                     # image → [B, H', W', D1]
             k, stride, pad = (7, 2, 3) if self.prologue == "default" else (3, 1, 1)
             conv = ConvBN(self.planes[0], k, stride=stride, padding=pad, name="stem", parent=mdl, **lowered)
@@ -235,11 +231,11 @@ class SpikingResformer(nn.Module):
             return GWFFN(c, group_size=self.group_size, neuron=self.activation, name=f"stage{s}_gwffn{k}",
                          parent=mdl, **lowered)(x, train)
 
-        x = regions(stem)(self, x)
+        x = self._region(stem)(self, x)
         for i, (n, c, h, p) in enumerate(zip(self.blocks, self.planes, self.num_heads, self.patch_sizes)):
             for k in range(1, n + 1):
                 x = checkpoint_name(x, "block_input")                         # [T, B, H, W, C] ([B, ...] first)
-                x = regions(functools.partial(block, s=i + 1, k=k, c=c, h=h, p=p))(self, x)
+                x = self._region(functools.partial(block, s=i + 1, k=k, c=c, h=h, p=p))(self, x)
         x = jnp.mean(x, axis=(2, 3))                                          # [T, B, D3]
         return nn.Dense(self.num_classes, use_bias=False, kernel_init=trunc_normal_init(0.02),
                         dot_general=_named_param_copy, name="classifier", **kw)(x)   # [T, B, classes]
