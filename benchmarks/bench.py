@@ -194,7 +194,8 @@ def bench_ours(model_name: str, img_size: int, T: int, batch: int, num_classes: 
     from sresformer_jax.training.loss_scale import make_loss_scale
     from sresformer_jax.training.state import create_train_state
     from sresformer_jax.training.steps import eval_step, train_step
-    from sresformer_jax.training.trainer import build_model, describe_lowering
+    from sresformer_jax.model import build_model
+    from sresformer_jax.ops import describe
 
     config = base_config()
     config.precision = precision
@@ -209,7 +210,7 @@ def bench_ours(model_name: str, img_size: int, T: int, batch: int, num_classes: 
     state = _block(jax.jit(lambda r: create_train_state(model, tx, r, input_shape, loss_scale=scale))(
         jax.random.PRNGKey(0)))
     init_s = time.perf_counter() - t0
-    log(f"[ours] init {init_s:.1f}s, {count_params(state.params):,} params, conv_impl {describe_lowering(model)}")
+    log(f"[ours] init {init_s:.1f}s, {count_params(state.params):,} params, conv_impl {describe(model.conv_impl)}")
 
     data_rng = jax.random.PRNGKey(1)
     images = jax.random.normal(data_rng, (batch,) + input_shape, jnp.float32)

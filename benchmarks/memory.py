@@ -103,7 +103,7 @@ def measure(model_name: str, img_size: int, T: int, batch: int, precision: str, 
     from sresformer_jax.training.optim import make_optimizer
     from sresformer_jax.training.state import create_train_state
     from sresformer_jax.training.steps import train_step
-    from sresformer_jax.training.trainer import build_model
+    from sresformer_jax.model import build_model
 
     config = base_config()
     overrides = {} if num_classes is None else {"num_classes": num_classes}

@@ -20,6 +20,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from .layers import ConvBN, Dtype, Neuron, image_groups
 from .ops import dot, lean_backward
+from .ops.collectives import from_first_device, mean_over_devices
 
 FIRING_RATES = "firing_rates"
 
@@ -28,13 +29,15 @@ class FiringRatesNotSetError(ValueError):
     """Evaluation was asked of a DSSA whose firing-rate statistics were never set."""
 
 
-def _firing_rate(var, batch_rate: jax.Array, train: bool, momentum: float, initializing: bool):
+def _firing_rate(var, batch_rate: jax.Array, train: bool, momentum: float, initializing: bool,
+                 groups_axis: str | None = None):
     """Per-head rate used for the scale, [groups, h]: the EMA updated with each group's batch rate
     ``batch_rate`` [groups, h] (train) or the stored one (eval, [1, h]).
 
     As the official code: a buffer that is still all zero is first set to the batch rate, then
     r ← m·r + (1 − m)·r_batch (so the first batch leaves r = r_batch). Each group of images (``bn_group_size``)
-    updates the stored EMA on its own, as each device of a data-parallel run does; group 0's result is kept.
+    updates the stored EMA on its own, as each device of a data-parallel run does; group 0's result is kept
+    (with the groups spread over the devices of ``groups_axis``, device 0's).
     """
     if not train:
         return var.value.astype(batch_rate.dtype)[None]
@@ -42,7 +45,7 @@ def _firing_rate(var, batch_rate: jax.Array, train: bool, momentum: float, initi
     prev = jnp.where(jnp.all(prev == 0), batch_rate, prev)
     rate = prev * momentum + batch_rate * (1 - momentum)
     if not initializing:
-        var.value = rate[0].astype(var.value.dtype)
+        var.value = from_first_device(rate[0], groups_axis).astype(var.value.dtype)
     return rate
 
 
@@ -73,6 +76,7 @@ class DSSA(nn.Module):
     momentum: float = 0.999
     conv_impl: str = "xla"
     bn_group_size: int | None = None   # train: BatchNorm statistics and firing rates per group of images
+    axis_name: str | None = None       # inside shard_map: this device's shard; statistics over the whole batch
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
 
@@ -90,8 +94,8 @@ class DSSA(nn.Module):
         init = self.is_initializing()
 
         s = neuron("lif_in")(x)                                               # [T, B, H, W, C]
-        kw = dict(spikes=True, conv_impl=self.conv_impl, bn_group_size=self.bn_group_size, dtype=self.dtype,
-                  param_dtype=self.param_dtype)
+        kw = dict(spikes=True, conv_impl=self.conv_impl, bn_group_size=self.bn_group_size,
+                  axis_name=self.axis_name, dtype=self.dtype, param_dtype=self.param_dtype)
         y = ConvBN(2 * C, p, stride=p, name="kv", **kw)(s, train)            # [T, B, H/p, W/p, 2C]
         n_kv = y.shape[2] * y.shape[3]                                        # N'
         y = jnp.moveaxis(y.reshape(T, B, n_kv, h, 2 * d), 3, 2)               # [T, B, h, N', 2d]
@@ -107,13 +111,16 @@ class DSSA(nn.Module):
             check_firing_rates(r_attn.value, f"{self.name}/firing_rate_attn")
 
         stat = jnp.promote_types(y.dtype, jnp.float32)
-        groups = image_groups(B, self.bn_group_size) if train and self.bn_group_size else 1
+        grouped = train and self.bn_group_size is not None
+        groups = image_groups(B, self.bn_group_size) if grouped else 1
+        groups_axis = self.axis_name if grouped else None                     # groups on every device
 
         def batch_rate(v):                                                    # [T, B, h, ·, ·] → [groups, h]
             v = jax.lax.stop_gradient(v).astype(stat)
-            return jnp.mean(v.reshape((T, groups, B // groups) + v.shape[2:]), (0, 2, 4, 5))
+            rate = jnp.mean(v.reshape((T, groups, B // groups) + v.shape[2:]), (0, 2, 4, 5))
+            return rate if grouped or not train else mean_over_devices(rate, self.axis_name)  # whole batch's
 
-        rate_x = _firing_rate(r_x, batch_rate(q), train, self.momentum, init)  # [groups, h]
+        rate_x = _firing_rate(r_x, batch_rate(q), train, self.momentum, init, groups_axis)  # [groups, h]
         c1 = 1.0 / jnp.sqrt(rate_x * d)
         bits = lean_backward(self.conv_impl)            # XLA's lowering: the backward keeps the spikes as bits
         y1, q = checkpoint_name(y1, "attention_operand"), q if bits else checkpoint_name(q, "attention_operand")
@@ -121,7 +128,7 @@ class DSSA(nn.Module):
         attn = (attn * _per_image(c1, B)).astype(y.dtype)
         a = neuron("lif_attn", count_map=False)(attn)                         # spiking attention map
 
-        rate_a = _firing_rate(r_attn, batch_rate(a), train, self.momentum, init)  # [groups, h]
+        rate_a = _firing_rate(r_attn, batch_rate(a), train, self.momentum, init, groups_axis)  # [groups, h]
         c2 = 1.0 / jnp.sqrt(rate_a * n_kv)
         y2, a = checkpoint_name(y2, "attention_operand"), a if bits else checkpoint_name(a, "attention_operand")
         out = dot("tbhnm,tbhnd->tbhmd", a, y2, binary=0 if bits else None)   # [T, B, h, HW, d]

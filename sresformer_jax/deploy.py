@@ -375,7 +375,7 @@ def main(argv=None) -> int:
     ex.add_argument("--out", required=True, help="the directory to write (must not exist)")
     a = ap.parse_args(argv)
     from . import checkpoint
-    from .training.trainer import build_model
+    from .model import build_model
     try:
         model_cfg, variables = checkpoint.load_variables(a.checkpoint)
         model = build_model(model_cfg, conv_impl="auto")

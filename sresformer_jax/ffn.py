@@ -23,6 +23,7 @@ class GWFFN(nn.Module):
     neuron: str = "LIF"
     conv_impl: str = "xla"
     bn_group_size: int | None = None   # train: BatchNorm statistics per group of images
+    axis_name: str | None = None       # inside shard_map: this device's shard; statistics over the whole batch
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
 
@@ -32,8 +33,8 @@ class GWFFN(nn.Module):
         if inner % self.group_size:
             raise ValueError(f"GWFFN group size {self.group_size} does not divide {inner} = "
                              f"{self.ratio}×{self.dim} hidden channels")
-        kw = dict(spikes=True, conv_impl=self.conv_impl, bn_group_size=self.bn_group_size, dtype=self.dtype,
-                  param_dtype=self.param_dtype)                                 # its convolutions read spikes
+        kw = dict(spikes=True, conv_impl=self.conv_impl, bn_group_size=self.bn_group_size,
+                  axis_name=self.axis_name, dtype=self.dtype, param_dtype=self.param_dtype)  # convs of spikes
         neuron = lambda name: Neuron(self.neuron, param_dtype=self.param_dtype, name=name)  # noqa: E731
 
         # The two inner neurons read BatchNorm outputs: on XLA's lowering they rebuild their inputs from the

@@ -18,6 +18,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from .neurons import SPIKE_COUNTS, Rebuild, lif, plif
 from .ops import batch_norm_train, conv2d, conv_lowering, normalize, uses_stats_kernels
+from .ops.collectives import device_count, from_first_device
 from .ops.conv import max_pool  # noqa: F401  (a layer of the model; pure lax, shared with the deploy form)
 
 Dtype = Any
@@ -46,6 +47,8 @@ class BatchNorm(nn.Module):
     ``group_size`` (train): statistics over groups of that many images (the batch axis is the one before
     [H, W, C]), each group normalised with its own, as data-parallel training without synchronised BatchNorm
     computes them; the running statistics follow group 0 (the first images of the batch). None: the batch.
+    ``axis_name`` (inside ``jax.shard_map`` over a data axis): ``x`` is this device's shard, and the statistics are
+    the whole batch's (or, with groups, each group's within the device, group 0 being device 0's first).
     """
 
     momentum: float = 0.1
@@ -54,6 +57,7 @@ class BatchNorm(nn.Module):
     param_dtype: Dtype = jnp.float32
     stats_kernels: bool = False
     group_size: int | None = None
+    axis_name: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool, repeat: int = 1, rebuild: bool = False):
@@ -82,12 +86,16 @@ class BatchNorm(nn.Module):
             groups = image_groups(x.shape[group_axis], self.group_size)
             xg = x.reshape(x.shape[:group_axis] + (groups, self.group_size) + x.shape[group_axis + 1:])
         xg = checkpoint_name(xg, "bn_input")                           # kept by the backward (one array)
-        y, mean, var = batch_norm_train(xg, scale, bias, self.epsilon, self.stats_kernels, group_axis)
+        y, mean, var = batch_norm_train(xg, scale, bias, self.epsilon, self.stats_kernels, group_axis,
+                                        self.axis_name)
         y = y.reshape(x.shape).astype(dtype)
         if not self.is_initializing():
-            n = repeat * (x.size // (c * groups))
+            n = repeat * (x.size // (c * groups))                      # elements per statistic
             m = self.momentum
-            mean0, var0 = (mean, var) if group_axis is None else (mean[0], var[0])   # group 0's are kept
+            if group_axis is None:
+                mean0, var0, n = mean, var, n * device_count(self.axis_name)
+            else:                                                      # group 0's are kept (device 0's)
+                mean0, var0 = from_first_device((mean[0], var[0]), self.axis_name)
             ra_mean.value = ((1 - m) * ra_mean.value + m * mean0).astype(self.param_dtype)
             ra_var.value = ((1 - m) * ra_var.value + m * var0 * (n / max(n - 1, 1))).astype(self.param_dtype)
         if not rebuild:
@@ -115,7 +123,7 @@ class ConvBN(nn.Module):
 
     ``spikes``: x is a spike tensor (0/1), which the convolution may read as bytes. ``conv_impl``: the model's
     lowering ("xla", "slices" or "events"; ``ops.lowering``), which decides this convolution's and statistics'
-    computation. ``bn_group_size``: BatchNorm's ``group_size``."""
+    computation. ``bn_group_size``, ``axis_name``: BatchNorm's ``group_size`` and ``axis_name``."""
 
     features: int
     kernel_size: int
@@ -125,6 +133,7 @@ class ConvBN(nn.Module):
     spikes: bool = False
     conv_impl: str = "xla"
     bn_group_size: int | None = None
+    axis_name: str | None = None
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
 
@@ -140,7 +149,8 @@ class ConvBN(nn.Module):
         y = conv2d(x.astype(dtype), kernel, self.stride, self.padding, self.groups,
                    conv_lowering(self.conv_impl, self.spikes), binary=self.spikes).astype(dtype)
         return BatchNorm(dtype=dtype, param_dtype=self.param_dtype, stats_kernels=uses_stats_kernels(
-            self.conv_impl), group_size=self.bn_group_size, name="bn")(y, train, repeat, rebuild)
+            self.conv_impl), group_size=self.bn_group_size, axis_name=self.axis_name, name="bn")(
+            y, train, repeat, rebuild)
 
 
 class Neuron(nn.Module):

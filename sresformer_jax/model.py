@@ -20,7 +20,7 @@ from . import trees
 from .attention import DSSA, FIRING_RATES, FiringRatesNotSetError, check_firing_rates
 from .ffn import GWFFN
 from .layers import ConvBN, Dtype, Neuron, max_pool, trunc_normal_init
-from .ops import CONV_IMPLS, resolve_conv_impl
+from .ops import LOWERINGS, resolve_conv_impl
 
 BATCH_STATS = "batch_stats"
 STATE_COLLECTIONS = (BATCH_STATS, FIRING_RATES)
@@ -42,6 +42,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 CONFIG_KEYS = ("blocks", "planes", "num_heads", "patch_sizes", "img_size", "T", "in_channels",
                "num_classes", "prologue", "group_size", "activation", "dvs")
+# model config keys that are not the architecture (CONFIG_KEYS, stored with every checkpoint) but decide how a
+# training program computes: its lowering, and BatchNorm's statistics groups
+TRAINING_MODEL_KEYS = ("conv_impl", "bn_group_size")
+# a config's precision → the compute dtype (parameters stay float32)
+PRECISIONS = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
 class Downsample(nn.Module):
@@ -51,6 +56,7 @@ class Downsample(nn.Module):
     neuron: str = "LIF"
     conv_impl: str = "xla"
     bn_group_size: int | None = None
+    axis_name: str | None = None
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
 
@@ -58,8 +64,8 @@ class Downsample(nn.Module):
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         s = Neuron(self.neuron, param_dtype=self.param_dtype, name="lif")(x)
         return ConvBN(self.features, 3, stride=2, padding=1, spikes=True, conv_impl=self.conv_impl,
-                      bn_group_size=self.bn_group_size, dtype=self.dtype, param_dtype=self.param_dtype,
-                      name="conv")(s, train)
+                      bn_group_size=self.bn_group_size, axis_name=self.axis_name, dtype=self.dtype,
+                      param_dtype=self.param_dtype, name="conv")(s, train)
 
 
 # What the stem and each SpikingResformer block (the stage's downsample before its first block, DSSA, GWFFN)
@@ -90,14 +96,20 @@ class SpikingResformer(nn.Module):
     when ``dvs`` is set, event frames ``[B, T, H, W, C]``; returns per-step logits ``[T, B, classes]``.
     Training mode needs ``mutable=["batch_stats", "firing_rates"]``.
 
-    ``conv_impl`` is how its convolutions and BatchNorm statistics are computed (``ops.lowering``): "auto" is
-    resolved to "xla", "slices" or "events" when the model is built, so that ``model.conv_impl`` always names
-    the lowering its programs use. Two models with different lowerings compile to different programs.
+    ``conv_impl`` is how its convolutions and BatchNorm statistics are computed (``ops.lowering``): "xla", "slices"
+    or "events", the lowering its programs use. The factories (``create_model``, ``build_model``) resolve "auto"
+    for the platform before they build the module, which does no I/O or compilation itself. Two models with
+    different lowerings compile to different programs.
 
     ``bn_group_size`` (training only): BatchNorm's batch statistics and DSSA's firing rates are computed per
     group of that many images of the (global) batch, whatever the device count, as the official data-parallel
     runs without synchronised BatchNorm computed them per GPU; the running statistics and firing-rate EMAs kept
     are group 0's (the first images), as DDP keeps rank 0's. None: over the whole batch.
+
+    ``axis_name``: the model runs inside ``jax.shard_map`` over that (data) axis, on this device's shard of the
+    batch; BatchNorm's and DSSA's statistics are combined over the axis (channel-sized collectives), so they are
+    the whole batch's, and groups of ``bn_group_size`` stay within a device. None: the batch is all here. The
+    training steps set it (``training.steps``); it changes no parameter or value.
     """
 
     blocks: Sequence[int] = (1, 2, 3)
@@ -115,8 +127,9 @@ class SpikingResformer(nn.Module):
     dtype: Dtype | None = None         # computation dtype (None: the input's)
     param_dtype: Dtype = jnp.float32
     remat: str | bool = "none"         # REMAT_POLICIES: what the stem and each block keep for the backward pass
-    conv_impl: str = "auto"            # "auto" | "xla" | "slices" | "events", resolved in __post_init__
+    conv_impl: str = "xla"             # "xla" | "slices" | "events" (the factories resolve "auto")
     bn_group_size: int | None = None   # images per BatchNorm statistics group in training (None: the batch)
+    axis_name: str | None = None       # the shard_map data axis the model runs under (None: none)
 
     def __post_init__(self):
         object.__setattr__(self, "remat", remat_policy(self.remat))
@@ -124,22 +137,24 @@ class SpikingResformer(nn.Module):
                 self.bn_group_size, int) or self.bn_group_size < 1):
             raise ValueError(f"bn_group_size must be a positive int (images per BatchNorm group) or None, got "
                              f"{self.bn_group_size!r}")
-        if self.conv_impl not in CONV_IMPLS:
-            raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {self.conv_impl!r}")
-        if self.conv_impl == "auto":   # once, here: the programs traced later read the concrete value only
-            object.__setattr__(self, "conv_impl", resolve_conv_impl("auto", self.dtype))
-        else:
-            resolve_conv_impl(self.conv_impl, self.dtype)       # can it run here? (raises with the fix)
+        if self.conv_impl not in LOWERINGS:
+            hint = (" ('auto' is resolved for the platform by create_model() and build_model(), or by "
+                    "sresformer_jax.ops.resolve_conv_impl)") if self.conv_impl == "auto" else ""
+            raise ValueError(f"conv_impl must be one of {LOWERINGS}, got {self.conv_impl!r}{hint}")
         super().__post_init__()
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any], **kwargs) -> "SpikingResformer":
-        """Builds the model from a config dict with the golden files' keys (``CONFIG_KEYS``)."""
+    def from_config(cls, cfg: Mapping[str, Any], *, conv_impl: str = "auto", platform: str | None = None,
+                    **kwargs) -> "SpikingResformer":
+        """Builds the model from a config dict with the golden files' keys (``CONFIG_KEYS``); ``conv_impl``
+        ("auto" is resolved here for ``platform``, default this process's backend, which may build the CPU
+        kernels) and ``kwargs`` are the other fields."""
         unknown = sorted(set(cfg) - set(CONFIG_KEYS))
         if unknown:
             raise ValueError(f"unknown model config keys {unknown}; expected a subset of {list(CONFIG_KEYS)}")
         fields = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in cfg.items()}
-        model = cls(**fields, **kwargs)
+        conv_impl = resolve_conv_impl(conv_impl, kwargs.get("dtype"), platform)
+        model = cls(**fields, conv_impl=conv_impl, **kwargs)
         model.validate()
         return model
 
@@ -210,7 +225,7 @@ class SpikingResformer(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         self._check_input(x)
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        lowered = dict(kw, conv_impl=self.conv_impl, bn_group_size=self.bn_group_size)
+        lowered = dict(kw, conv_impl=self.conv_impl, bn_group_size=self.bn_group_size, axis_name=self.axis_name)
         dtype = self.dtype or x.dtype
         x = x.astype(dtype)
         def stem(mdl, x):                                                     # image → [B, H', W', D1]
@@ -256,11 +271,30 @@ def config_for(name: str, **overrides) -> dict[str, Any]:
 
 def create_model(name: str, dtype: Dtype | None = None, param_dtype: Dtype = jnp.float32,
                  remat: str | bool = "none", conv_impl: str = "auto", bn_group_size: int | None = None,
-                 **overrides) -> SpikingResformer:
+                 platform: str | None = None, **overrides) -> SpikingResformer:
     """A registered variant: ``create_model("spikingresformer_cifar", num_classes=100, img_size=32)``.
-    ``conv_impl``: "auto" (the platform's best, resolved now), "xla", "slices" or "events" (``ops.lowering``)."""
+    ``conv_impl``: "auto" (the best for ``platform``, default this process's backend; resolved now, which may build
+    the CPU kernels), "xla", "slices" or "events" (``ops.lowering``)."""
     return SpikingResformer.from_config(config_for(name, **overrides), dtype=dtype, param_dtype=param_dtype,
-                                        remat=remat, conv_impl=conv_impl, bn_group_size=bn_group_size)
+                                        remat=remat, conv_impl=conv_impl, platform=platform,
+                                        bn_group_size=bn_group_size)
+
+
+def build_model(model_config: Mapping[str, Any], precision: str = "float32", remat: str | bool = "none",
+                conv_impl: str | None = None, platform: str | None = None) -> SpikingResformer:
+    """The model of a config's ``model_config`` (architecture keys, and optionally ``conv_impl`` and
+    ``bn_group_size``) computing in ``precision`` (``PRECISIONS``; parameters stay float32). ``remat`` (a
+    ``REMAT_POLICIES`` name) is what each block keeps for the backward pass (less memory, more compute);
+    ``conv_impl`` (default: the config's, else "auto") is its lowering, resolved here for ``platform`` (default:
+    this process's backend), before anything is traced."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    dtype = None if PRECISIONS[precision] == jnp.float32 else PRECISIONS[precision]
+    model_config = dict(model_config)
+    arch = {k: v for k, v in model_config.items() if k not in TRAINING_MODEL_KEYS}
+    return SpikingResformer.from_config(arch, dtype=dtype, remat=remat, platform=platform,
+                                        conv_impl=conv_impl or model_config.get("conv_impl") or "auto",
+                                        bn_group_size=model_config.get("bn_group_size"))
 
 
 def dummy_input(model: SpikingResformer, batch: int = 1, dtype=jnp.float32) -> jax.Array:
@@ -302,6 +336,6 @@ def count_params(params: Mapping, include_bn: bool = True) -> int:
     return sum(int(v.size) for path, v in trees.flatten(params).items() if include_bn or "bn" not in path)
 
 
-__all__ = ["SpikingResformer", "Downsample", "VARIANTS", "CONFIG_KEYS", "BATCH_STATS", "FIRING_RATES",
-           "STATE_COLLECTIONS", "FiringRatesNotSetError", "config_for", "create_model", "dummy_input",
-           "init_variables", "calibrate", "check_calibrated", "count_params"]
+__all__ = ["SpikingResformer", "Downsample", "VARIANTS", "CONFIG_KEYS", "TRAINING_MODEL_KEYS", "PRECISIONS",
+           "BATCH_STATS", "FIRING_RATES", "STATE_COLLECTIONS", "FiringRatesNotSetError", "config_for", "create_model",
+           "build_model", "dummy_input", "init_variables", "calibrate", "check_calibrated", "count_params"]

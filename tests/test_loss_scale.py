@@ -16,7 +16,8 @@ from sresformer_jax.training.loss_scale import make_loss_scale
 from sresformer_jax.training.optim import make_optimizer
 from sresformer_jax.training.state import create_train_state
 from sresformer_jax.training.steps import train_step
-from sresformer_jax.training.trainer import _mean, build_model
+from sresformer_jax.model import build_model
+from sresformer_jax.training.trainer import _mean
 
 TINY = dict(planes=(8,), num_heads=(1,), blocks=(1,), patch_sizes=(2,), group_size=8, num_classes=4, img_size=8)
 

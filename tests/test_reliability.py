@@ -144,7 +144,7 @@ def test_a_shape_mismatch_on_restore_is_not_called_corruption(straight, tmp_path
     from sresformer_jax.configs import quickstart
     from sresformer_jax.training.optim import make_optimizer
     from sresformer_jax.training.state import create_train_state
-    from sresformer_jax.training.trainer import build_model
+    from sresformer_jax.model import build_model
     wd, _ = straight
     work = tmp_path / "run"
     shutil.copytree(wd, work)

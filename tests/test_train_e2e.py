@@ -128,7 +128,7 @@ def test_init_from_transfers_everything_but_the_classifier(straight):
     from sresformer_jax.training.state import create_train_state
     from sresformer_jax.training.trainer import _transfer
     from sresformer_jax.configs import quickstart
-    from sresformer_jax.training.trainer import build_model
+    from sresformer_jax.model import build_model
     wd, _ = straight
     cfg = quickstart.get_config()
     model = build_model(cfg.model.to_dict())

@@ -138,7 +138,7 @@ def _quickstart():
     ("model.T", 0, "T must be >= 1"),
     ("model.img_size", 10, "patch size"),
     ("log_every_steps", 0, "log_every_steps"),
-    ("model.bn_group_size", 48, "bn_group_size=48 does not divide config.batch_size=64"),
+    ("model.bn_group_size", 48, "bn_group_size=48 does not divide the 64 images per device"),
     ("model.bn_group_size", 0, "bn_group_size must be a positive int"),
 ])
 def test_bad_config_values_name_the_field(key, value, match):

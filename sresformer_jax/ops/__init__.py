@@ -5,7 +5,7 @@ convolution lowerings (``conv``), the compiled CPU kernels (``kernels``), BatchN
 from .batch_norm import batch_norm_train, normalize
 from .conv import LOWERINGS, conv2d
 from .dot import dot
-from .lowering import CONV_IMPLS, conv_lowering, lean_backward, resolve_conv_impl, uses_stats_kernels
+from .lowering import CONV_IMPLS, conv_lowering, describe, lean_backward, resolve_conv_impl, uses_stats_kernels
 
-__all__ = ["CONV_IMPLS", "LOWERINGS", "batch_norm_train", "conv2d", "conv_lowering", "dot", "lean_backward",
+__all__ = ["CONV_IMPLS", "LOWERINGS", "batch_norm_train", "conv2d", "conv_lowering", "describe", "dot", "lean_backward",
            "normalize", "resolve_conv_impl", "uses_stats_kernels"]

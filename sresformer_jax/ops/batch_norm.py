@@ -8,6 +8,7 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from . import kernels
+from .collectives import device_count, mean_over_devices, sum_over_devices
 
 
 def uses_kernels(use_kernels: bool, dtype) -> bool:
@@ -15,9 +16,9 @@ def uses_kernels(use_kernels: bool, dtype) -> bool:
     return use_kernels and jnp.dtype(dtype) in kernels.STATS_DTYPES
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
 def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float, use_kernels: bool = False,
-                     group_axis: int | None = None):
+                     group_axis: int | None = None, axis_name: str | None = None):
     """Training-mode BatchNorm over every axis but the last → (y, μ_B, σ²_B), σ² biased. Its backward keeps
     only x, μ and r = 1/√(σ² + ε) (autodiff would keep several full-size intermediates):
 
@@ -30,10 +31,15 @@ def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float
     kernels (``kernels.batch_norm_stats``), which read their inputs once; otherwise from jnp reductions.
     ``group_axis``: statistics per index of that axis (groups of images, each normalised on its own), so μ_B
     and σ²_B are [groups, C]; the reductions are then jnp's.
+    ``axis_name`` (inside ``jax.shard_map``): ``x`` is this device's shard of a batch split evenly over that axis,
+    and the statistics (without groups) are the whole batch's: μ = mean of the devices' μ, then σ² = mean of the
+    devices' mean of (x − μ)² (or, from the kernels' per-device μ_d, σ²_d: mean of σ²_d + (μ_d − μ)²). The
+    backward sums Σ dy and Σ dy·(x − μ) over the devices for dx, and returns this device's share of dγ and dβ (the
+    caller averages parameter gradients over the devices). Groups stay within a device and need no collective.
     The backward keeps ``x`` itself (name it where it is made, e.g. ``checkpoint_name(x, "bn_input")``, so that a
     layer that rebuilds y from x, μ and σ², ``normalize``, shares that one array).
     """
-    return _bn_fwd(x, scale, bias, eps, use_kernels, group_axis)[0]
+    return _bn_fwd(x, scale, bias, eps, use_kernels, group_axis, axis_name)[0]
 
 
 def _reduced(x, group_axis):
@@ -43,14 +49,20 @@ def _reduced(x, group_axis):
     return axes, x.size // (groups * x.shape[-1])
 
 
-def _bn_fwd(x_in, scale, bias, eps, use_kernels, group_axis):
+def _bn_fwd(x_in, scale, bias, eps, use_kernels, group_axis, axis_name):
     x = x_in.astype(jnp.promote_types(x_in.dtype, jnp.float32))       # statistics and x̂ in float32 (or f64)
     axes, _ = _reduced(x, group_axis)
+    shared = None if group_axis is not None else axis_name             # statistics over every device's shard
     if group_axis is None and uses_kernels(use_kernels, x.dtype):
-        mean, var = kernels.batch_norm_stats(x)                        # [C]
-    else:
-        mean = jnp.mean(x, axes, keepdims=group_axis is not None)      # [C] or, grouped, [1.., groups, 1.., C]
-        var = jnp.mean(jnp.square(x - mean), axes, keepdims=group_axis is not None)
+        mean, var = kernels.batch_norm_stats(x)                        # [C], this device's
+        if shared is not None:
+            local = mean
+            mean = mean_over_devices(local, shared)
+            var = mean_over_devices(var + jnp.square(local - mean), shared)
+    else:                                          # [C] or, grouped, [1.., groups, 1.., C]
+        keep = group_axis is not None
+        mean = mean_over_devices(jnp.mean(x, axes, keepdims=keep), shared)
+        var = mean_over_devices(jnp.mean(jnp.square(x - mean), axes, keepdims=keep), shared)
     r = jax.lax.rsqrt(var + eps)
     # the backward keeps x as it came (bf16 under bf16 compute: half of float32's bytes)
     res = (x_in, checkpoint_name(mean, "bn_stats"), checkpoint_name(r, "bn_stats"), scale)
@@ -75,7 +87,7 @@ def normalize(x_in, mean, var, scale, bias, eps: float, group_axis: int | None =
     return _affine(x, mean, jax.lax.rsqrt(var + eps), scale, bias)
 
 
-def _bn_bwd(eps, use_kernels, group_axis, res, cot):
+def _bn_bwd(eps, use_kernels, group_axis, axis_name, res, cot):
     x_in, mean, r, scale = res
     x = x_in.astype(jnp.promote_types(x_in.dtype, jnp.float32))
     dy, dmean, dvar = cot
@@ -87,7 +99,12 @@ def _bn_bwd(eps, use_kernels, group_axis, res, cot):
         keep = group_axis is not None
         dbias, dy_centred = jnp.sum(dy, axes, keepdims=keep), jnp.sum(dy * (x - mean), axes, keepdims=keep)
     dscale = dy_centred * r                                            # per group when grouped
-    g_mean, gx_mean = dbias * scale / n, dscale * scale / n
+    if group_axis is None and axis_name is not None:                   # the whole batch's sums, for dx
+        dbias_all, dscale_all, dmean, dvar = sum_over_devices((dbias, dscale, dmean, dvar), axis_name)
+        n = n * device_count(axis_name)
+    else:
+        dbias_all, dscale_all = dbias, dscale
+    g_mean, gx_mean = dbias_all * scale / n, dscale_all * scale / n
     centred = x - mean
     dx = r * (dy * scale - g_mean - centred * (r * gx_mean)) + dmean / n + centred * (2 * dvar / n)
     if group_axis is not None:                                         # γ and β are shared by the groups

@@ -5,7 +5,8 @@
     "events"  CPU only: convolutions of spikes on the compiled event-driven kernels, the dense image stem as
               matmuls, and BatchNorm's statistics on compiled kernels (``ops.kernels``)
     "auto"    "xla" off the CPU; on the CPU "events" when the kernels build and support the compute dtype,
-              else "slices" (with one warning that says why)
+              else "slices" (with one warning that says why). Resolved by the model factories
+              (``model.create_model``, ``model.build_model``), never by a module, which stores the result.
 
 The choice changes how values are computed, never which values: every lowering is tested against the others.
 """
@@ -18,8 +19,9 @@ import jax
 import jax.numpy as jnp
 
 from . import kernels
+from .conv import LOWERINGS
 
-CONV_IMPLS = ("auto", "xla", "slices", "events")
+CONV_IMPLS = ("auto", *LOWERINGS)
 
 
 @functools.cache
@@ -28,13 +30,14 @@ def _warn_fallback(why: str) -> None:
                   RuntimeWarning, stacklevel=4)
 
 
-def resolve_conv_impl(conv_impl: str = "auto", dtype=None) -> str:
-    """The concrete lowering ("xla", "slices" or "events") for ``conv_impl`` on this process's default backend,
-    for a model computing in ``dtype`` (None: float32 or float64 inputs). Loads (building if needed) the CPU
-    kernels for "auto" and "events"; an explicit "events" that cannot run raises, naming the fix."""
+def resolve_conv_impl(conv_impl: str = "auto", dtype=None, platform: str | None = None) -> str:
+    """The concrete lowering ("xla", "slices" or "events") for ``conv_impl`` on ``platform`` ("cpu", "gpu",
+    "tpu"; default: this process's default backend), for a model computing in ``dtype`` (None: float32 or
+    float64 inputs). On the CPU, loads (building if needed) the CPU kernels for "auto" and "events"; an explicit
+    "events" that cannot run raises, naming the fix."""
     if conv_impl not in CONV_IMPLS:
         raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {conv_impl!r}")
-    backend = jax.default_backend()
+    backend = platform or jax.default_backend()
     supported = dtype is None or jnp.dtype(dtype) in kernels.CONV_DTYPES
     if conv_impl == "auto":
         if backend != "cpu":
@@ -57,6 +60,15 @@ def resolve_conv_impl(conv_impl: str = "auto", dtype=None) -> str:
         if why:
             raise kernels.KernelBuildError(f"conv_impl='events' needs the compiled CPU kernels: {why}")
     return conv_impl
+
+
+def describe(conv_impl: str) -> str:
+    """``conv_impl``, and for "events" where the compiled kernels came from."""
+    if conv_impl != "events":
+        return conv_impl
+    lib = kernels.load()
+    how = f"built in {lib.build_seconds:.1f} s" if lib.build_seconds is not None else "cached"
+    return f"events (CPU kernels {how}: {lib.path})"
 
 
 def conv_lowering(conv_impl: str, spikes: bool) -> str:

@@ -2,17 +2,9 @@
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 
-from ..model import CONFIG_KEYS, SpikingResformer, remat_policy
+from ..model import CONFIG_KEYS, PRECISIONS, TRAINING_MODEL_KEYS, SpikingResformer, remat_policy
 from ..ops import CONV_IMPLS
-
-# config.model keys that are not the architecture (CONFIG_KEYS, stored with every checkpoint) but decide how
-# the training program computes: its lowering, and BatchNorm's statistics groups
-TRAINING_MODEL_KEYS = ("conv_impl", "bn_group_size")
-
-# config.precision → the compute dtype (parameters stay float32)
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 # field → accepted types (int where a float is expected is fine)
 SCHEMA = {
@@ -43,8 +35,9 @@ def _get(config, dotted):
     return node
 
 
-def validate_config(config) -> None:
-    """Raises ValueError naming the first bad field: missing, wrong type, or inconsistent."""
+def validate_config(config, device_count: int | None = None) -> None:
+    """Raises ValueError naming the first bad field: missing, wrong type, or inconsistent. ``device_count``: the
+    devices the batch is split over (default: every device of every process)."""
     problems = []
     for key, types in SCHEMA.items():
         try:
@@ -74,19 +67,20 @@ def validate_config(config) -> None:
                                      bn_group_size=model_config.pop("bn_group_size", None))
     except (TypeError, ValueError) as e:
         raise ValueError(f"config.model: {e}") from e
-    group = config.model.get("bn_group_size")
-    if group is not None and config.batch_size % group:
-        raise ValueError(f"config.model.bn_group_size={group} does not divide config.batch_size="
-                         f"{config.batch_size}: BatchNorm groups are that many images of the global batch; choose a "
-                         f"divisor of it (or leave it unset for statistics over the whole batch)")
     if "img_size" in config.dataset and config.dataset.img_size != config.model.img_size:
         raise ValueError(f"config.dataset.img_size={config.dataset.img_size} but config.model.img_size="
                          f"{config.model.img_size}: set both to the input resolution")
-    n = jax.device_count()
+    n = jax.device_count() if device_count is None else device_count
     for key in ("batch_size", "eval_batch_size"):
         if config[key] < 1 or config[key] % n:
             raise ValueError(f"config.{key}={config[key]} must be a positive multiple of the {n} devices "
                              f"(global batch, sharded over devices); e.g. --config.{key}={max(n, config[key] // n * n)}")
+    group = config.model.get("bn_group_size")
+    if group is not None and (config.batch_size // n) % group:
+        raise ValueError(f"config.model.bn_group_size={group} does not divide the {config.batch_size // n} images "
+                         f"per device (config.batch_size={config.batch_size} over {n} devices): BatchNorm groups are "
+                         f"that many images of each device's batch; choose a divisor of it (or leave it unset for "
+                         f"statistics over the whole global batch)")
     for key in ("log_every_steps", "eval_every_epochs", "checkpoint_every_steps", "keep_checkpoints"):
         if config[key] < 1:
             raise ValueError(f"config.{key} must be >= 1, got {config[key]}")
@@ -98,10 +92,24 @@ def validate_config(config) -> None:
         remat_policy(config.remat)
     except ValueError as e:
         raise ValueError(f"config.{e}") from None
-    if config.precision not in DTYPES:
-        raise ValueError(f"config.precision must be one of {sorted(DTYPES)}, got {config.precision!r}")
+    if config.precision not in PRECISIONS:
+        raise ValueError(f"config.precision must be one of {sorted(PRECISIONS)}, got {config.precision!r}")
     if config.precision == "float16":
         from .loss_scale import make_loss_scale
         make_loss_scale("float16", config.loss_scale)                    # its checks
     if config.optim.epochs < 1:
         raise ValueError(f"config.optim.epochs must be >= 1, got {config.optim.epochs}")
+
+
+def check_data_fits(data, config) -> None:
+    """The dataset's classes and example shape agree with the model config (before compiling)."""
+    if data.num_classes != config.model.num_classes:
+        raise ValueError(f"config.model.num_classes={config.model.num_classes} but {config.dataset.name} has "
+                         f"{data.num_classes} classes; pass --config.model.num_classes={data.num_classes}")
+    event = len(data.input_shape) == 4
+    if event != bool(config.model.get("dvs", False)):
+        raise ValueError(f"{config.dataset.name} gives {'event frames [T, H, W, C]' if event else 'images [H, W, C]'}"
+                         f" but config.model.dvs={config.model.get('dvs', False)}; set --config.model.dvs={event}")
+    if event and data.input_shape[0] != config.model.T:
+        raise ValueError(f"config.dataset.T={data.input_shape[0]} frames but config.model.T={config.model.T}; "
+                         "set both to the number of time steps")

@@ -14,20 +14,20 @@ import jax.numpy as jnp
 from ..energy import SOPCounter
 from ..model import SpikingResformer, check_calibrated
 from .losses import topk_correct
-from .steps import eval_step, global_batch, shardings
+from ..ops.collectives import sum_over_devices
+from .steps import EvalStep, global_batch, jit_eval, jit_eval_step, shardings
 
 
-def evaluate(step, variables: dict, batches, mesh, counter: SOPCounter | None = None) -> dict:
-    """Held-out loss, top-1 and top-5 over ``batches`` (masked padding rows excluded), by a jitted
-    ``eval_step``; with a ``counter``, ``step`` also returns the spike counts and they are accumulated."""
+def evaluate(step: EvalStep, variables: dict, batches, mesh, counter: SOPCounter | None = None) -> dict:
+    """Held-out loss, top-1 and top-5 over ``batches`` (masked padding rows excluded), by a jitted eval step
+    (``steps.jit_eval_step``); with a ``counter``, ``step`` also returns the spike counts and they are accumulated."""
     replicated, data_sharding = shardings(mesh)
     sums = None
     for local in batches:
-        if len(local["label"]) % jax.device_count() == 0:
-            batch = global_batch(local, data_sharding)
+        if len(local["label"]) * jax.process_count() % mesh.size == 0:
+            out = step.sharded(variables, global_batch(local, data_sharding))
         else:                                   # a shorter, unpadded last batch (single process)
-            batch = jax.device_put(local, replicated)
-        out = step(variables, batch)
+            out = step.whole(variables, jax.device_put(local, replicated))
         if counter is not None:
             out, counts = out
             counter.update(jax.device_get(counts), int(out["count"]))
@@ -40,7 +40,7 @@ def evaluate(step, variables: dict, batches, mesh, counter: SOPCounter | None = 
 def evaluate_with_energy(model: SpikingResformer, variables: dict, data, mesh) -> dict:
     """Top-1/top-5/loss over the test set and the SOP/energy report (keys of ``energy.SOPCounter.report``)."""
     check_calibrated(variables)
-    step = jax.jit(lambda v, b: eval_step(v, b, model=model, count_spikes=True))
+    step = jit_eval_step(model, mesh, count_spikes=True)
     counter = SOPCounter(model)
     metrics = evaluate(step, variables, data.eval_batches(pad=jax.process_count() > 1), mesh, counter)
     report = counter.report(img_size=tuple(data.input_shape[-3:-1]))
@@ -53,7 +53,8 @@ def evaluate_deploy_form(fn, model: SpikingResformer, variables: dict, data, mes
     and ``predictions_differ``, the fraction of images whose prediction differs from the training form's."""
     from ..neurons import SPIKE_COUNTS
 
-    def step(variables, weights, batch):
+    def step(both, batch, axis_name):
+        variables, weights = both
         logits, counts = fn.apply(weights, batch["image"], count_spikes=True)
         reference = model.apply(variables, batch["image"], train=False)
         mask, labels = batch["mask"], batch["label"]
@@ -61,13 +62,13 @@ def evaluate_deploy_form(fn, model: SpikingResformer, variables: dict, data, mes
         loss = jnp.sum(-jnp.take_along_axis(jax.nn.log_softmax(z), labels[:, None], 1)[:, 0] * mask)
         correct = topk_correct(logits, labels, (1, 5))
         differ = jnp.argmax(z, -1) != jnp.argmax(reference.astype(jnp.float32).mean(0), -1)
-        return ({"loss": loss, "top1": jnp.sum(correct["top1"] * mask), "top5": jnp.sum(correct["top5"] * mask),
-                 "predictions_differ": jnp.sum(differ * mask), "count": jnp.sum(mask)}, counts[SPIKE_COUNTS])
+        return sum_over_devices(({"loss": loss, "top1": jnp.sum(correct["top1"] * mask),
+                                  "top5": jnp.sum(correct["top5"] * mask), "predictions_differ": jnp.sum(differ * mask),
+                                  "count": jnp.sum(mask)}, counts[SPIKE_COUNTS]), axis_name)
 
-    jstep = jax.jit(step)
     counter = SOPCounter(model)
-    metrics = evaluate(lambda v, b: jstep(v, fn.weights, b), variables,
-                       data.eval_batches(pad=jax.process_count() > 1), mesh, counter)
+    metrics = evaluate(jit_eval(step, mesh), (variables, fn.weights), data.eval_batches(pad=jax.process_count() > 1),
+                       mesh, counter)
     report = counter.report(img_size=tuple(data.input_shape[-3:-1]))
     return {"top1": metrics["top1"], "top5": metrics["top5"], "loss": metrics["loss"],
             "predictions_differ": metrics["predictions_differ"], "num_images": metrics["count"], **report}
@@ -113,8 +114,9 @@ def evaluate_checkpoint(workdir: str | Path, checkpoint_path: str | Path | None 
 
     from .. import checkpoint
     from ..data import get_dataset
+    from ..model import build_model
+    from .config import check_data_fits
     from .steps import make_mesh
-    from .trainer import build_model, check_data_fits
 
     workdir = Path(workdir).absolute()
     for attempt in range(3):     # a run that is training may delete an old checkpoint while it is being read

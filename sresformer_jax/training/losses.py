@@ -19,8 +19,9 @@ def smooth_targets(labels: jax.Array, num_classes: int, label_smoothing: float =
 
 def classification_loss(logits: jax.Array, targets: jax.Array, tet: bool = False, tet_phi: float = 1.0,
                         tet_lambda: float = 0.0) -> jax.Array:
-    """Mean loss over the batch; ``logits`` [T, B, K] (any float dtype, computed in float32), ``targets`` [B, K]."""
-    z = logits.astype(jnp.float32)
+    """Mean loss over the batch; ``logits`` [T, B, K] (any float dtype, computed in float32 or wider), ``targets``
+    [B, K]."""
+    z = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
     if not tet:
         return optax.softmax_cross_entropy(z.mean(0), targets).mean()
     per_step = optax.softmax_cross_entropy(z, targets[None]).mean(1)          # [T]

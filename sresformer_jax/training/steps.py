@@ -1,12 +1,26 @@
-"""Jitted, sharded train and eval steps.
+"""Jitted train and eval steps, data-parallel over a mesh's data axis: each device computes only its shard.
 
-The batch is sharded over the mesh's ``data`` axis, the state replicated; XLA inserts the collectives,
-so BatchNorm and firing-rate statistics are computed over the *global* batch (like SyncBN), and
-gradients are the global-batch mean.
+Each step is a per-device body run under ``jax.shard_map``: the batch is split over the data axis, the state
+replicated. The model is given the axis (``SpikingResformer.axis_name``), so BatchNorm's and DSSA's statistics are
+combined over the devices with channel-sized collectives and stay those of the whole global batch (as SyncBN), and
+groups of ``bn_group_size`` images stay within a device. The body averages the gradients over the devices (one
+all-reduce of parameter size); the optimizer update then runs on every device alike. No collective moves
+activations (``tests/test_data_parallel.py`` counts the compiled program's collectives and FLOPs).
+
+Why ``shard_map`` rather than letting XLA partition the global-batch program: the model folds the time axis into the
+batch ([T, B] → [T·B]) for every convolution; with B sharded and T the major axis, the merged axis cannot stay
+sharded, so the partitioner gathered the activations and every device computed the whole batch. The per-device body
+makes the work division explicit, lets the compiled CPU kernels run on local shards, and is what XLA:TPU compiles
+(the global program aborted its compiler).
+
+Mixup and cutmix pair each image with the reversed order of its own device's batch and draw λ per device, as the
+official per-GPU data loaders did; with one device that is the whole batch.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +29,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from ..model import STATE_COLLECTIONS
 from ..neurons import SPIKE_COUNTS
+from ..ops.collectives import mean_over_devices, sum_over_devices
 from .loss_scale import all_finite, is_dynamic, select_tree
 from .losses import classification_loss, smooth_targets, topk_correct
 from .state import TrainState
@@ -22,15 +37,23 @@ from .state import TrainState
 DATA_AXIS = "data"
 
 
-def make_mesh() -> jax.sharding.Mesh:
-    """One data-parallel axis over every device of every process (Auto axis: XLA's partitioner places
-    the collectives; room is left for an FSDP/model axis)."""
-    return jax.make_mesh((jax.device_count(),), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
+def make_mesh(devices=None) -> jax.sharding.Mesh:
+    """One data-parallel axis over ``devices`` (default: every device of every process), in the order
+    ``jax.make_mesh`` gives them (the interconnect's, on TPU)."""
+    devices = jax.devices() if devices is None else list(devices)
+    return jax.make_mesh((len(devices),), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
+
+
+def data_axis(mesh: jax.sharding.Mesh) -> str:
+    """The name of the mesh's one (data) axis."""
+    if len(mesh.axis_names) != 1:
+        raise ValueError(f"the steps shard the batch over a mesh with one data axis, got axes {mesh.axis_names}")
+    return mesh.axis_names[0]
 
 
 def shardings(mesh):
     """(replicated, batch-sharded) NamedShardings."""
-    return NamedSharding(mesh, P()), NamedSharding(mesh, P(DATA_AXIS))
+    return NamedSharding(mesh, P()), NamedSharding(mesh, P(data_axis(mesh)))
 
 
 def global_batch(local: dict, data_sharding) -> dict:
@@ -51,9 +74,13 @@ def training_loss(model, state_variables: dict, images, targets, loss_config):
 
 
 def train_step(state: TrainState, batch: dict, *, model, tx, schedule, config) -> tuple[TrainState, dict]:
-    """One optimizer step: forward (train mode) → loss on T-averaged logits → grads → AdamW. In float16 the loss
-    is scaled by ``state.loss_scale`` and a step with a non-finite gradient is skipped (``loss_scale``)."""
+    """One optimizer step on this device's shard: forward (train mode) → loss on T-averaged logits → gradients,
+    averaged over ``model.axis_name``'s devices → AdamW. In float16 the loss is scaled by ``state.loss_scale`` and a
+    step with a non-finite gradient is skipped (``loss_scale``). Without an axis it is the whole batch's step."""
+    axis = model.axis_name
     rng = jax.random.fold_in(state.rng, state.step)
+    if axis is not None:
+        rng = jax.random.fold_in(rng, jax.lax.axis_index(axis))        # mixup's draws: one per device
     labels = batch["label"]
     images = batch["image"]
     targets = smooth_targets(labels, model.num_classes, config.loss.label_smoothing)
@@ -70,12 +97,12 @@ def train_step(state: TrainState, batch: dict, *, model, tx, schedule, config) -
         return loss_scale.scale_loss(loss), (loss, logits, new_state)
 
     (_, (loss, logits, new_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    grads = loss_scale.unscale(grads)
+    grads = mean_over_devices(loss_scale.unscale(grads), axis)         # the global batch's mean gradient
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(params=state.params, updates=updates)
     stats = {"batch_stats": new_state["batch_stats"], "firing_rates": new_state["firing_rates"]}
-    correct = topk_correct(logits, labels, (1,))
-    metrics = {"loss": loss, "top1": correct["top1"].mean(), "lr": schedule(state.step)}
+    loss, top1 = mean_over_devices((loss, topk_correct(logits, labels, (1,))["top1"].mean()), axis)
+    metrics = {"loss": loss, "top1": top1, "lr": schedule(state.step)}
     if is_dynamic(loss_scale):
         # GradScaler: a step with a non-finite gradient is skipped (parameters and optimizer state kept) and the
         # scale backs off; the forward's statistics are kept, as PyTorch's are, unless they are not finite.
@@ -94,9 +121,9 @@ def train_step(state: TrainState, batch: dict, *, model, tx, schedule, config) -
 
 
 def eval_step(variables: dict, batch: dict, *, model, count_spikes: bool = False):
-    """Sums over the (masked) batch: loss, top-1, top-5 correct, count; with ``count_spikes`` also the
-    ``spike_counts`` collection (for firing rates and SOPs; padded rows must be all-zero inputs' — see
-    ``evaluate``)."""
+    """Sums over the (masked) batch, over all of ``model.axis_name``'s devices: loss, top-1, top-5 correct, count;
+    with ``count_spikes`` also the ``spike_counts`` collection (for firing rates and SOPs; padded rows must be
+    all-zero inputs' — see ``evaluate``)."""
     if count_spikes:
         logits, st = model.apply(variables, batch["image"], train=False, mutable=[SPIKE_COUNTS])
     else:
@@ -106,15 +133,55 @@ def eval_step(variables: dict, batch: dict, *, model, count_spikes: bool = False
     correct = topk_correct(logits, batch["label"], (1, 5))
     sums = {"loss": jnp.sum(loss * mask), "top1": jnp.sum(correct["top1"] * mask),
             "top5": jnp.sum(correct["top5"] * mask), "count": jnp.sum(mask)}
-    return (sums, st[SPIKE_COUNTS]) if count_spikes else sums
+    if count_spikes:
+        return sum_over_devices((sums, st[SPIKE_COUNTS]), model.axis_name)
+    return sum_over_devices(sums, model.axis_name)
+
+
+def per_device(fn: Callable, mesh: jax.sharding.Mesh) -> Callable:
+    """``fn(replicated, batch)`` as a per-device body over the mesh's data axis: the first argument replicated, the
+    batch split; its outputs are replicated (``fn`` combines them over the axis itself)."""
+    axis = data_axis(mesh)
+    return jax.shard_map(fn, mesh=mesh, in_specs=(P(), P(axis)), out_specs=P(), check_vma=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalStep:
+    """A jitted evaluation step: ``sharded`` splits a batch over the devices; ``whole`` runs one replicated batch
+    that the devices do not divide (a last, shorter batch)."""
+    sharded: Callable
+    whole: Callable
+
+    def __call__(self, variables, batch):
+        return self.sharded(variables, batch)
+
+
+def jit_eval(fn: Callable, mesh: jax.sharding.Mesh) -> EvalStep:
+    """``fn(replicated, batch, axis_name)``, whose outputs are sums over ``axis_name``'s devices, jitted per device
+    over ``mesh`` (and, with no axis, on one replicated batch)."""
+    replicated, data = shardings(mesh)
+    sharded = jax.jit(per_device(functools.partial(fn, axis_name=data_axis(mesh)), mesh),
+                      in_shardings=(replicated, data), out_shardings=replicated)
+    whole = jax.jit(functools.partial(fn, axis_name=None), in_shardings=(replicated, replicated),
+                    out_shardings=replicated)
+    return EvalStep(sharded, whole)
+
+
+def jit_eval_step(model, mesh, count_spikes: bool = False) -> EvalStep:
+    """``eval_step`` jitted per device over ``mesh``."""
+    def fn(variables, batch, axis_name):
+        return eval_step(variables, batch, model=model.clone(axis_name=axis_name), count_spikes=count_spikes)
+    return jit_eval(fn, mesh)
+
+
+def jit_train_step(model, tx, schedule, config, mesh):
+    """``train_step`` jitted per device over ``mesh``, with explicit shardings; the train state is donated."""
+    replicated, data = shardings(mesh)
+    local = model.clone(axis_name=data_axis(mesh))
+    body = per_device(functools.partial(train_step, model=local, tx=tx, schedule=schedule, config=config), mesh)
+    return jax.jit(body, in_shardings=(replicated, data), out_shardings=(replicated, replicated), donate_argnums=0)
 
 
 def jit_steps(model, tx, schedule, config, mesh):
-    """(train_step, eval_step) jitted with explicit shardings; the train state is donated."""
-    replicated, data = shardings(mesh)
-    p_train = jax.jit(functools.partial(train_step, model=model, tx=tx, schedule=schedule, config=config),
-                      in_shardings=(replicated, data), out_shardings=(replicated, replicated),
-                      donate_argnums=0)
-    p_eval = jax.jit(functools.partial(eval_step, model=model), in_shardings=(replicated, data),
-                     out_shardings=replicated)
-    return p_train, p_eval
+    """(train_step, eval_step) jitted per device over ``mesh``: what the training loop runs."""
+    return jit_train_step(model, tx, schedule, config, mesh), jit_eval_step(model, mesh)

@@ -24,9 +24,10 @@ import numpy as np
 
 from .. import checkpoint, trees
 from ..data import get_dataset
-from ..model import SpikingResformer
+from ..model import build_model
+from ..ops import describe
 from ..runtime import rss_bytes
-from .config import DTYPES, TRAINING_MODEL_KEYS
+from .config import check_data_fits
 from .evaluation import evaluate
 from .logging import MetricLogger, plot_curves
 from . import run_config
@@ -84,45 +85,6 @@ def _mean(metrics: list[dict]) -> dict:
         vals = [float(m[k]) for m in metrics if math.isfinite(float(m[k])) or not m.get("skipped_step")]
         out[k] = sum(vals) / len(vals) if vals else float("nan")
     return out
-
-
-def build_model(model_config: dict, precision: str = "float32", remat: str | bool = "none",
-                conv_impl: str | None = None) -> SpikingResformer:
-    """The model of ``model_config`` (architecture keys, and optionally ``conv_impl`` and ``bn_group_size``)
-    computing in ``precision`` (parameters stay float32); ``remat`` (a ``model.REMAT_POLICIES`` name) is what each
-    block keeps for the backward pass (less memory, more compute); ``conv_impl`` (default: the config's, else
-    "auto") is its lowering, resolved here, before anything is traced."""
-    if precision not in DTYPES:
-        raise ValueError(f"config.precision must be one of {sorted(DTYPES)}, got {precision!r}")
-    dtype = DTYPES[precision]
-    arch = {k: v for k, v in dict(model_config).items() if k not in TRAINING_MODEL_KEYS}
-    conv_impl = conv_impl or dict(model_config).get("conv_impl", "auto")
-    return SpikingResformer.from_config(arch, dtype=None if dtype == jnp.float32 else dtype, remat=remat,
-                                        conv_impl=conv_impl, bn_group_size=dict(model_config).get("bn_group_size"))
-
-
-def describe_lowering(model: SpikingResformer) -> str:
-    """``model.conv_impl``, and for "events" where the compiled kernels came from."""
-    if model.conv_impl != "events":
-        return model.conv_impl
-    from ..ops import kernels
-    lib = kernels.load()
-    how = f"built in {lib.build_seconds:.1f} s" if lib.build_seconds is not None else "cached"
-    return f"events (CPU kernels {how}: {lib.path})"
-
-
-def check_data_fits(data, config) -> None:
-    """The dataset's classes and example shape agree with the model config (before compiling)."""
-    if data.num_classes != config.model.num_classes:
-        raise ValueError(f"config.model.num_classes={config.model.num_classes} but {config.dataset.name} has "
-                         f"{data.num_classes} classes; pass --config.model.num_classes={data.num_classes}")
-    event = len(data.input_shape) == 4
-    if event != bool(config.model.get("dvs", False)):
-        raise ValueError(f"{config.dataset.name} gives {'event frames [T, H, W, C]' if event else 'images [H, W, C]'}"
-                         f" but config.model.dvs={config.model.get('dvs', False)}; set --config.model.dvs={event}")
-    if event and data.input_shape[0] != config.model.T:
-        raise ValueError(f"config.dataset.T={data.input_shape[0]} frames but config.model.T={config.model.T}; "
-                         "set both to the number of time steps")
 
 
 def _transfer(state: TrainState, source: str | Path) -> TrainState:
@@ -215,7 +177,7 @@ def _loop(config, workdir, stack, ckpts, model, data, tx, schedule, init, mesh, 
     log.message(f"{'resuming at step ' + str(start) if resumed else 'training'} {config.model_name} "
                 f"({sum(x.size for x in jax.tree.leaves(state.params)):,} params) on {jax.device_count()} "
                 f"{jax.devices()[0].platform} device(s), {jax.process_count()} process(es); conv_impl "
-                f"{describe_lowering(model)}; {steps_per_epoch} steps/epoch, {total_steps} steps; workdir {workdir}")
+                f"{describe(model.conv_impl)}; {steps_per_epoch} steps/epoch, {total_steps} steps; workdir {workdir}")
     for line in changed if resumed else []:
         log.message(f"resuming with a changed {line}")
 
