@@ -22,3 +22,18 @@ def path(name: str) -> Path | None:
 def names() -> list[str]:
     return sorted(p.stem for p in DIR.glob("*.py") if not p.name.startswith("_") and p.stem not in (
         "common", "cifar", "dvs"))
+
+
+def load(spec: str):
+    """The ConfigDict of a config spec as ``--config`` takes it: ``NAME.py[:arg]`` (a shipped config, e.g.
+    ``imagenet.py:ti``) or a path to a config file of one's own."""
+    import importlib.util
+
+    file, _, arg = spec.partition(":")
+    where = Path(file) if Path(file).is_file() else path(file)
+    if where is None:
+        raise FileNotFoundError(f"no config {file!r}: the shipped configs are {', '.join(names())}")
+    module_spec = importlib.util.spec_from_file_location(f"_config_{where.stem}", where)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg or None) if arg else module.get_config()

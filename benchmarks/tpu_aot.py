@@ -1,0 +1,223 @@
+"""The pod report: the real training step compiled for TPU chips that are not here (deviceless AOT compilation).
+
+    pip install "jax[tpu]==0.10.2"          # libtpu, the TPU compiler; no TPU needed
+    python benchmarks/tpu_aot.py                                    # the README table (hours on 2 cores)
+    python benchmarks/tpu_aot.py --config imagenet.py:l --img-size 288 --remat block --topology v4:2x2x1
+    python benchmarks/tpu_aot.py --required                         # every variant compiles (no batch search)
+
+For every (config, precision, remat, topology) it lowers the training loop's own train step
+(``sresformer_jax.training.lower_steps``) on a mesh of the topology's devices
+(``jax.experimental.topologies.get_topology_desc``) and compiles it with libtpu, then reports per chip:
+
+* the HBM the step needs at the official per-device batch (Ti/S 32, M 28, L 16; ``--batch`` otherwise): XLA's
+  memory analysis, arguments + temporaries + outputs, less the outputs that reuse the donated state's buffers;
+* the largest per-chip batch that fits the chip's HBM: extrapolated linearly from the compiles at the official batch
+  and at twice it, then confirmed by a compile at the extrapolated batch (stepped down while it does not fit);
+* the FLOPs per image and the bytes of the collectives per step (``training.aot.census``);
+* a roofline **bound** on images/s per chip: the compiled FLOPs and bytes accessed against the chip's published
+  bf16 peak and HBM bandwidth (``CHIPS``), never a measurement;
+* the compile time on this machine.
+
+Nothing runs on a TPU: these are compiled programs, not measurements. Results are merged into
+``benchmarks/results/tpu_aot.json`` (one entry per setting, written as each finishes) and printed as a table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "results" / "tpu_aot.json"
+
+# published per-chip figures (a device of these topologies is one chip): HBM, bf16 peak, HBM bandwidth
+CHIPS = {
+    "TPU v5 lite": {"name": "v5e", "hbm_gib": 16, "bf16_tflops": 197, "hbm_gbps": 819},
+    "TPU v5": {"name": "v5p", "hbm_gib": 95, "bf16_tflops": 459, "hbm_gbps": 2765},
+    "TPU v6 lite": {"name": "v6e", "hbm_gib": 32, "bf16_tflops": 918, "hbm_gbps": 1640},
+}
+# the official per-GPU training batches (8 GPUs; configs/imagenet.py), the batch the report starts from
+OFFICIAL_BATCH = {"imagenet.py:ti": 32, "imagenet.py:s": 32, "imagenet.py:m": 28, "imagenet.py:l": 16,
+                  "cifar10.py": 128, "dvs128_gesture.py": 8}
+SHORT = {"ti": "imagenet.py:ti", "s": "imagenet.py:s", "m": "imagenet.py:m", "l": "imagenet.py:l",
+         "cifar": "cifar10.py", "dvsg": "dvs128_gesture.py"}
+# every variant at its official recipe (bf16, remat none) on v5e, and Ti in float32 and with remat block on both
+REQUIRED = ([(c, None, None, "bfloat16", "none", "v5e:2x2") for c in ("ti", "s", "m", "l")]
+            + [("l", 288, None, "bfloat16", "none", "v5e:2x2"), ("cifar", 32, None, "bfloat16", "none", "v5e:2x2"),
+               ("dvsg", 128, 16, "bfloat16", "none", "v5e:2x2")]
+            + [("ti", None, None, p, r, t) for t in ("v5e:2x2", "v5p:2x2x1")
+               for p, r in (("float32", "none"), ("bfloat16", "block"))])
+
+
+def mesh_of(topology: str):
+    from jax.experimental import topologies
+
+    from sresformer_jax.training.steps import make_mesh
+    return make_mesh(topologies.get_topology_desc(topology_name=topology, platform="tpu").devices)
+
+
+def config_of(spec: str, img_size: int | None, T: int | None, precision: str, remat: str):
+    from sresformer_jax import configs
+    c = configs.load(SHORT.get(spec, spec))
+    if img_size:
+        c.model.img_size = c.dataset.img_size = img_size
+    if T:
+        c.model.T = T
+        if "T" in c.dataset:
+            c.dataset.T = T
+    c.precision, c.remat = precision, remat
+    return c
+
+
+def compile_step(config, mesh, batch: int) -> dict:
+    """Compiles the train step at ``batch`` per chip: memory, FLOPs, bytes accessed, collectives, time."""
+    from bench import _memory_analysis
+    from sresformer_jax.training import lower_steps
+    from sresformer_jax.training.aot import census
+    t0 = time.perf_counter()
+    train, _ = lower_steps(config, mesh, batch)
+    compiled = train.compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    mem = _memory_analysis(compiled)
+    return {"batch_per_chip": batch, "hbm_bytes": mem["total_estimate_bytes"], "memory_analysis": mem,
+            "flops": float(cost["flops"]), "bytes_accessed": float(cost.get("bytes accessed", float("nan"))),
+            "collectives": census(compiled), "compile_s": time.perf_counter() - t0}
+
+
+def largest_batch(config, mesh, first: dict, cap: float, tries: int = 3) -> dict:
+    """The largest per-chip batch whose step fits ``cap`` bytes: extrapolated linearly from ``first`` and a compile
+    at twice its batch, then confirmed by compiling there; while a confirmation lands over ``cap`` or under 95 % of
+    it, the line through the last two compiles is extrapolated again (at most ``tries`` confirmations)."""
+    b0 = first["batch_per_chip"]
+    points = [(b0, first["hbm_bytes"])]
+    second = compile_step(config, mesh, 2 * b0)
+    points.append((2 * b0, second["hbm_bytes"]))
+    confirmed, best, predicted = [], None, None
+    for _ in range(tries):
+        (b1, m1), (b2, m2) = sorted(points[-2:])
+        per_image = (m2 - m1) / (b2 - b1)
+        b = max(1, math.floor(b2 + (cap - m2) / per_image)) if per_image > 0 else 2 * b2
+        predicted = predicted or b
+        if any(b == p for p, _ in points):
+            break
+        step = compile_step(config, mesh, b)
+        confirmed.append({"batch_per_chip": b, "hbm_bytes": step["hbm_bytes"], "compile_s": step["compile_s"]})
+        points.append((b, step["hbm_bytes"]))
+        if step["hbm_bytes"] <= cap:
+            best = max(best or 0, b)
+            if step["hbm_bytes"] >= 0.95 * cap:
+                break
+    return {"extrapolated": predicted, "from": [b0, 2 * b0], "confirmed": confirmed, "largest_fitting": best,
+            "hbm_bytes_at_2x": second["hbm_bytes"]}
+
+
+def report(spec, img_size, T, precision, remat, topology, batch=None, search=True) -> dict:
+    import jax
+    config = config_of(spec, img_size, T, precision, remat)
+    mesh = mesh_of(topology)
+    chip = CHIPS.get(mesh.devices.flat[0].device_kind)
+    b0 = batch or OFFICIAL_BATCH.get(SHORT.get(spec, spec)) or config.batch_size // 8
+    row = {"config": SHORT.get(spec, spec), "model": config.model_name, "img_size": config.model.img_size,
+           "T": config.model.T, "precision": precision, "remat": remat, "topology": topology, "batch": b0,
+           "chips": int(mesh.devices.size), "chip": chip, "jax": jax.__version__}
+    first = compile_step(config, mesh, b0)
+    row["at_official_batch"] = first
+    row["flops_per_image"] = first["flops"] / b0
+    row["collective_bytes_per_step"] = sum(c["bytes"] for c in first["collectives"].values())
+    if chip:
+        cap = chip["hbm_gib"] * 2**30
+        row["fits_official_batch"] = first["hbm_bytes"] <= cap
+        compute_s = first["flops"] / (chip["bf16_tflops"] * 1e12)
+        memory_s = first["bytes_accessed"] / (chip["hbm_gbps"] * 1e9)
+        row["roofline_bound_img_per_s_per_chip"] = b0 / max(compute_s, memory_s)
+        row["roofline_limited_by"] = "compute" if compute_s >= memory_s else "HBM bandwidth"
+        if search:
+            row["largest_batch"] = largest_batch(config, mesh, first, cap)
+    row["compile_s"] = first["compile_s"]
+    return row
+
+
+def key(row: dict) -> str:
+    return "|".join(str(row[k]) for k in ("config", "img_size", "T", "precision", "remat", "topology", "batch"))
+
+
+def table(rows: list[dict]) -> str:
+    head = ["model", "img", "precision", "remat", "chip", "batch", "HBM GiB/chip", "largest batch", "GFLOP/img",
+            "collectives MB/step", "bound img/s/chip", "compile s"]
+    lines = [head]
+    for r in rows:
+        a = r["at_official_batch"]
+        big = (r.get("largest_batch") or {}).get("largest_fitting")
+        lines.append([r["model"].replace("spikingresformer_", ""), r["img_size"], r["precision"], r["remat"],
+                      (r["chip"] or {}).get("name", r["topology"]), a["batch_per_chip"],
+                      f"{a['hbm_bytes'] / 2**30:.2f}", big if big is not None else "—",
+                      f"{r['flops_per_image'] / 1e9:.1f}", f"{r['collective_bytes_per_step'] / 1e6:.1f}",
+                      f"{r['roofline_bound_img_per_s_per_chip']:.0f}" if "roofline_bound_img_per_s_per_chip" in r
+                      else "—", f"{r['compile_s']:.0f}"])
+    widths = [max(len(str(row[i])) for row in lines) for i in range(len(head))]
+    fmt = lambda row: " | ".join(str(c).rjust(w) for c, w in zip(row, widths))  # noqa: E731
+    return "\n".join([fmt(lines[0]), "-+-".join("-" * w for w in widths)] + [fmt(r) for r in lines[1:]])
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", nargs="+", default=["ti", "s", "m", "l"],
+                   help="ti|s|m|l|cifar|dvsg or a config spec (imagenet.py:ti, a file of your own)")
+    p.add_argument("--img-size", type=int, default=None)
+    p.add_argument("--T", type=int, default=None)
+    p.add_argument("--precision", nargs="+", default=["bfloat16"], choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--remat", nargs="+", default=["none", "block"], choices=["none", "block", "convs"])
+    p.add_argument("--topology", nargs="+", default=["v5e:2x2", "v5p:2x2x1"])
+    p.add_argument("--batch", type=int, default=None, help="per-chip batch to start from (default: the official)")
+    p.add_argument("--no-search", action="store_true", help="compile at the batch only (no largest-batch search)")
+    p.add_argument("--required", action="store_true", help="the compile set: every variant at its official recipe")
+    p.add_argument("--out", default=str(OUT))
+    a = p.parse_args(argv)
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")           # the host runs nothing; libtpu only compiles
+    import jax
+    import libtpu
+
+    from bench import _commit, machine_info
+    settings = ([(c, i, t, pr, r, tp, None, False) for c, i, t, pr, r, tp in REQUIRED] if a.required else
+                [(c, a.img_size, a.T, pr, r, tp, a.batch, not a.no_search) for tp in a.topology for c in a.config
+                 for pr in a.precision for r in a.remat])
+    out = Path(a.out)
+    old = json.loads(out.read_text()) if a.out and out.exists() else {}
+    section = "compiles" if a.required else "rows"
+    entries = {key(r): r for r in old.get(section, [])}
+    rows = []
+    for c, img, T, prec, remat, topo, batch, search in settings:
+        print(f"{c} {img or ''} {prec} remat={remat} {topo} ...", flush=True)
+        try:
+            row = report(c, img, T, prec, remat, topo, batch, search)
+            rows.append(row)
+            print(table([row]).splitlines()[-1], flush=True)
+        except Exception as e:  # noqa: BLE001 - a setting that does not compile is a result, not a crash
+            row = {"config": SHORT.get(c, c), "img_size": img, "T": T, "precision": prec, "remat": remat,
+                   "topology": topo, "batch": batch, "error": f"{type(e).__name__}: {str(e)[:2000]}"}
+            print(f"  failed: {row['error'][:300]}", flush=True)
+        entries[key(row)] = row
+        if a.out:                       # after each setting: a long run keeps what it has done
+            old.update({"description": "benchmarks/tpu_aot.py: the train step compiled for TPU topologies without "
+                        "a TPU (jax[tpu] deviceless AOT); per-chip HBM, largest batch, FLOPs, collectives and a "
+                        "roofline bound (not a measurement)", "commit": _commit(), "machine": machine_info(),
+                        "libtpu": getattr(libtpu, "__version__", None), "chips": CHIPS,
+                        section: list(entries.values())})
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(old, indent=1))
+    print(f"\ncommit {_commit()}, jax {jax.__version__}, libtpu {getattr(libtpu, '__version__', '?')}; compiled on "
+          f"{machine_info()['cpu_model']} ({os.cpu_count()} cores); HBM per chip: arguments + temporaries + outputs "
+          "less the donated buffers; the bound is a roofline, not a measurement\n")
+    print(table(rows))
+    failed = [v for v in entries.values() if "error" in v]
+    if failed:
+        print(f"\n{len(failed)} setting(s) did not compile: " + "; ".join(key(v) for v in failed))
+    return {"rows": rows, "failed": failed}
+
+
+if __name__ == "__main__":
+    main()
