@@ -321,17 +321,18 @@ def worker(a) -> dict[str, Any]:
     """``--worker``: our side, in the process the launcher started (its allocator environment)."""
     info = machine_info()
     if a.probe_train_step:                 # one step for --max-batch; the exit status says whether it fit
-        bench_ours(a.model, a.img_size, a.T, a.batch, a.num_classes, 1, 0, a.precision, remat=a.remat,
+        bench_ours(a.model, a.img_size, a.T, a.batch, a.num_classes, 1, 0, a.precision, overrides(a), remat=a.remat,
                    conv_impl=a.conv_impl, train_only=True, log=lambda *_: None)
         return {}
     if a.train_only:                       # benchmarks/host_allocator.py: training steps only
         return {**bench_ours(a.model, a.img_size, a.T, a.batch, a.num_classes, a.steps, a.warmup, a.precision,
-                             remat=a.remat, conv_impl=a.conv_impl, train_only=True, log=lambda *_: None),
+                             overrides(a), remat=a.remat, conv_impl=a.conv_impl, train_only=True,
+                             log=lambda *_: None),
                 "machine": info}
     peak = matmul_peak(a.matmul_size)
     print(f"[ours] matmul peak ({a.matmul_size}² fp32): {peak['flops_per_s'] / 1e9:.1f} GFLOP/s", flush=True)
     res = bench_ours(a.model, a.img_size, a.T, a.batch, a.num_classes, a.steps, a.warmup, a.precision,
-                     peak_flops=peak["flops_per_s"], remat=a.remat, conv_impl=a.conv_impl,
+                     overrides(a), peak_flops=peak["flops_per_s"], remat=a.remat, conv_impl=a.conv_impl,
                      log=lambda m: print(m, flush=True))
     return {**res, "machine": info, "matmul_peak": peak}
 
@@ -352,11 +353,24 @@ def _launch(cmd: list[str], env: dict[str, str], timeout: float | None, cwd=None
     return {"error": f"exit {p.returncode}", "stderr_tail": p.stderr[-3000:], "stdout_tail": p.stdout[-1000:]}
 
 
+def overrides(a) -> dict[str, Any]:
+    """``--override key=value`` as model config overrides (values as Python literals: ``planes=(8,16,32)``)."""
+    import ast
+    out = {}
+    for item in a.override:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--override {item!r}: expected key=value, e.g. planes=(8,16,32)")
+        out[key] = ast.literal_eval(value)
+    return out
+
+
 def worker_cmd(a, batch: int | None = None, probe: bool = False) -> list[str]:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--model", a.model, "--img-size",
            str(a.img_size), "--T", str(a.T), "--batch", str(batch or a.batch), "--num-classes", str(a.num_classes),
            "--steps", str(a.steps), "--warmup", str(a.warmup), "--precision", a.precision, "--conv-impl",
            a.conv_impl, "--matmul-size", str(a.matmul_size)]
+    cmd += [f"--override={o}" for o in a.override]
     return cmd + ["--remat", a.remat] + (["--probe-train-step"] if probe else [])
 
 
@@ -506,6 +520,8 @@ def main(argv=None) -> dict:
     p.add_argument("--T", type=int, default=4)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="a model config override of ours, e.g. --override planes=(8,16,32) (repeatable)")
     p.add_argument("--steps", type=int, default=3, help="timed steps (median reported)")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps after compilation")
     p.add_argument("--precision", default="float32", choices=["float32", "bfloat16", "float16"])

@@ -27,26 +27,32 @@ import argparse
 import json
 import math
 import os
+import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "results" / "tpu_aot.json"
 
-# published per-chip figures (a device of these topologies is one chip): HBM, bf16 peak, HBM bandwidth
+# published per-chip figures (a device of these topologies is one chip): HBM, bf16 peak, HBM bandwidth; and the HBM a
+# program may use, as libtpu's compiler reports it when a program does not fit ("exceeds available HBM (15.75G)")
 CHIPS = {
-    "TPU v5 lite": {"name": "v5e", "hbm_gib": 16, "bf16_tflops": 197, "hbm_gbps": 819},
-    "TPU v5": {"name": "v5p", "hbm_gib": 95, "bf16_tflops": 459, "hbm_gbps": 2765},
-    "TPU v6 lite": {"name": "v6e", "hbm_gib": 32, "bf16_tflops": 918, "hbm_gbps": 1640},
+    "TPU v5 lite": {"name": "v5e", "hbm_gib": 16, "usable_hbm_gib": 15.75, "bf16_tflops": 197, "hbm_gbps": 819},
+    "TPU v5": {"name": "v5p", "hbm_gib": 95, "usable_hbm_gib": 95, "bf16_tflops": 459, "hbm_gbps": 2765},
+    "TPU v6 lite": {"name": "v6e", "hbm_gib": 32, "usable_hbm_gib": 32, "bf16_tflops": 918, "hbm_gbps": 1640},
 }
 # the official per-GPU training batches (8 GPUs; configs/imagenet.py), the batch the report starts from
 OFFICIAL_BATCH = {"imagenet.py:ti": 32, "imagenet.py:s": 32, "imagenet.py:m": 28, "imagenet.py:l": 16,
                   "cifar10.py": 128, "dvs128_gesture.py": 8}
 SHORT = {"ti": "imagenet.py:ti", "s": "imagenet.py:s", "m": "imagenet.py:m", "l": "imagenet.py:l",
          "cifar": "cifar10.py", "dvsg": "dvs128_gesture.py"}
-# every variant at its official recipe (bf16, remat none) on v5e, and Ti in float32 and with remat block on both
+# every variant at its official recipe (bf16, remat none) on v5e (L at 288 also with remat block), and Ti in float32
+# and with remat block on v5e and v5p
 REQUIRED = ([(c, None, None, "bfloat16", "none", "v5e:2x2") for c in ("ti", "s", "m", "l")]
-            + [("l", 288, None, "bfloat16", "none", "v5e:2x2"), ("cifar", 32, None, "bfloat16", "none", "v5e:2x2"),
+            + [("l", 288, None, "bfloat16", "none", "v5e:2x2"), ("l", 288, None, "bfloat16", "block", "v5e:2x2"),
+               ("cifar", 32, None, "bfloat16", "none", "v5e:2x2"),
                ("dvsg", 128, 16, "bfloat16", "none", "v5e:2x2")]
             + [("ti", None, None, p, r, t) for t in ("v5e:2x2", "v5p:2x2x1")
                for p, r in (("float32", "none"), ("bfloat16", "block"))])
@@ -72,30 +78,60 @@ def config_of(spec: str, img_size: int | None, T: int | None, precision: str, re
     return c
 
 
-def compile_step(config, mesh, batch: int) -> dict:
-    """Compiles the train step at ``batch`` per chip: memory, FLOPs, bytes accessed, collectives, time."""
+def compile_step(setting: dict, batch: int) -> dict:
+    """Compiles the train step of ``setting`` at ``batch`` per chip, in a process of its own (libtpu's compiler
+    aborts the process on some programs): memory, FLOPs, bytes accessed, collectives, time; or, when the compiler
+    finds that it does not fit, ``{"oom": ...}``; or ``{"error": ...}``."""
+    cmd = [sys.executable, __file__, "--one", json.dumps({**setting, "batch": batch})]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode == 0 and RESULT in p.stdout:
+        return json.loads(p.stdout.split(RESULT, 1)[1])
+    tail = [line for line in p.stderr.splitlines() if re.search(r"Error|Check failed|RESOURCE_EXHAUSTED", line)]
+    return {"batch_per_chip": batch, "error": (tail[-1] if tail else p.stderr[-2000:])[:2000]}
+
+
+RESULT = "TPU_AOT_RESULT "
+
+
+def _compile_one(setting: dict) -> dict:
     from bench import _memory_analysis
     from sresformer_jax.training import lower_steps
     from sresformer_jax.training.aot import census
+    config = config_of(setting["config"], setting["img_size"], setting["T"], setting["precision"], setting["remat"])
+    mesh, batch = mesh_of(setting["topology"]), setting["batch"]
     t0 = time.perf_counter()
     train, _ = lower_steps(config, mesh, batch)
-    compiled = train.compile()
+    try:
+        compiled = train.compile()
+    except Exception as e:  # noqa: BLE001 - libtpu: "Ran out of memory on HBM ... exceeds available HBM (15.75G)"
+        m = re.search(r"required for HLO temporaries \(([\d.]+)G\) exceeds available HBM \(([\d.]+)G\)", str(e))
+        if not m:
+            raise
+        return {"batch_per_chip": batch, "oom": {"temp_gib": float(m[1]), "available_gib": float(m[2])},
+                "compile_s": time.perf_counter() - t0}
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     mem = _memory_analysis(compiled)
     return {"batch_per_chip": batch, "hbm_bytes": mem["total_estimate_bytes"], "memory_analysis": mem,
             "flops": float(cost["flops"]), "bytes_accessed": float(cost.get("bytes accessed", float("nan"))),
-            "collectives": census(compiled), "compile_s": time.perf_counter() - t0}
+            "collectives": census(compiled), "compile_s": time.perf_counter() - t0,
+            "chips": int(mesh.devices.size), "device_kind": mesh.devices.flat[0].device_kind}
 
 
-def largest_batch(config, mesh, first: dict, cap: float, tries: int = 3) -> dict:
+def _needs(step: dict) -> float:
+    """The HBM bytes a compiled step needs (for a compile that did not fit: at least its temporaries)."""
+    return step["hbm_bytes"] if "hbm_bytes" in step else step["oom"]["temp_gib"] * 2**30
+
+
+def largest_batch(setting: dict, first: dict, cap: float, tries: int = 3) -> dict:
     """The largest per-chip batch whose step fits ``cap`` bytes: extrapolated linearly from ``first`` and a compile
     at twice its batch, then confirmed by compiling there; while a confirmation lands over ``cap`` or under 95 % of
     it, the line through the last two compiles is extrapolated again (at most ``tries`` confirmations)."""
     b0 = first["batch_per_chip"]
-    points = [(b0, first["hbm_bytes"])]
-    second = compile_step(config, mesh, 2 * b0)
-    points.append((2 * b0, second["hbm_bytes"]))
+    second = compile_step(setting, 2 * b0)
+    if "error" in second:
+        return {"error": second["error"]}
+    points = [(b0, _needs(first)), (2 * b0, _needs(second))]
     confirmed, best, predicted = [], None, None
     for _ in range(tries):
         (b1, m1), (b2, m2) = sorted(points[-2:])
@@ -104,40 +140,47 @@ def largest_batch(config, mesh, first: dict, cap: float, tries: int = 3) -> dict
         predicted = predicted or b
         if any(b == p for p, _ in points):
             break
-        step = compile_step(config, mesh, b)
-        confirmed.append({"batch_per_chip": b, "hbm_bytes": step["hbm_bytes"], "compile_s": step["compile_s"]})
-        points.append((b, step["hbm_bytes"]))
-        if step["hbm_bytes"] <= cap:
+        step = compile_step(setting, b)
+        if "error" in step:
+            confirmed.append(step)
+            break
+        confirmed.append({k: step[k] for k in ("batch_per_chip", "hbm_bytes", "oom", "compile_s") if k in step})
+        points.append((b, _needs(step)))
+        if "hbm_bytes" in step and step["hbm_bytes"] <= cap:
             best = max(best or 0, b)
             if step["hbm_bytes"] >= 0.95 * cap:
                 break
     return {"extrapolated": predicted, "from": [b0, 2 * b0], "confirmed": confirmed, "largest_fitting": best,
-            "hbm_bytes_at_2x": second["hbm_bytes"]}
+            "hbm_bytes_at_2x": _needs(second)}
 
 
 def report(spec, img_size, T, precision, remat, topology, batch=None, search=True) -> dict:
     import jax
     config = config_of(spec, img_size, T, precision, remat)
-    mesh = mesh_of(topology)
-    chip = CHIPS.get(mesh.devices.flat[0].device_kind)
     b0 = batch or OFFICIAL_BATCH.get(SHORT.get(spec, spec)) or config.batch_size // 8
-    row = {"config": SHORT.get(spec, spec), "model": config.model_name, "img_size": config.model.img_size,
-           "T": config.model.T, "precision": precision, "remat": remat, "topology": topology, "batch": b0,
-           "chips": int(mesh.devices.size), "chip": chip, "jax": jax.__version__}
-    first = compile_step(config, mesh, b0)
+    setting = {"config": SHORT.get(spec, spec), "img_size": config.model.img_size, "T": config.model.T,
+               "precision": precision, "remat": remat, "topology": topology}
+    row = {**setting, "model": config.model_name, "batch": b0, "jax": jax.__version__}
+    first = compile_step(setting, b0)
     row["at_official_batch"] = first
+    if "error" in first or "oom" in first:
+        row["error" if "error" in first else "oom"] = first.get("error") or first["oom"]
+        row["fits_official_batch"] = False if "oom" in first else None
+        return row
+    chip = row["chip"] = CHIPS.get(first["device_kind"])
+    row["chips"] = first["chips"]
     row["flops_per_image"] = first["flops"] / b0
     row["collective_bytes_per_step"] = sum(c["bytes"] for c in first["collectives"].values())
+    row["compile_s"] = first["compile_s"]
     if chip:
-        cap = chip["hbm_gib"] * 2**30
+        cap = chip["usable_hbm_gib"] * 2**30
         row["fits_official_batch"] = first["hbm_bytes"] <= cap
         compute_s = first["flops"] / (chip["bf16_tflops"] * 1e12)
         memory_s = first["bytes_accessed"] / (chip["hbm_gbps"] * 1e9)
         row["roofline_bound_img_per_s_per_chip"] = b0 / max(compute_s, memory_s)
         row["roofline_limited_by"] = "compute" if compute_s >= memory_s else "HBM bandwidth"
         if search:
-            row["largest_batch"] = largest_batch(config, mesh, first, cap)
-    row["compile_s"] = first["compile_s"]
+            row["largest_batch"] = largest_batch(setting, first, cap)
     return row
 
 
@@ -150,6 +193,12 @@ def table(rows: list[dict]) -> str:
             "collectives MB/step", "bound img/s/chip", "compile s"]
     lines = [head]
     for r in rows:
+        if "flops_per_image" not in r:
+            what = f"does not fit ({r['oom']['temp_gib']} GiB of temporaries > {r['oom']['available_gib']} GiB)" \
+                if "oom" in r else f"did not compile: {r.get('error', '')[:60]}"
+            lines.append([r["config"], r["img_size"], r["precision"], r["remat"], r["topology"], r["batch"], what]
+                         + [""] * (len(head) - 7))
+            continue
         a = r["at_official_batch"]
         big = (r.get("largest_batch") or {}).get("largest_fitting")
         lines.append([r["model"].replace("spikingresformer_", ""), r["img_size"], r["precision"], r["remat"],
@@ -176,8 +225,12 @@ def main(argv=None) -> dict:
     p.add_argument("--no-search", action="store_true", help="compile at the batch only (no largest-batch search)")
     p.add_argument("--required", action="store_true", help="the compile set: every variant at its official recipe")
     p.add_argument("--out", default=str(OUT))
+    p.add_argument("--one", default=None, help=argparse.SUPPRESS)    # a child: one compile, JSON on stdout
     a = p.parse_args(argv)
     os.environ.setdefault("JAX_PLATFORMS", "cpu")           # the host runs nothing; libtpu only compiles
+    if a.one:
+        print(RESULT + json.dumps(_compile_one(json.loads(a.one))), flush=True)
+        return {}
     import jax
     import libtpu
 
@@ -192,14 +245,9 @@ def main(argv=None) -> dict:
     rows = []
     for c, img, T, prec, remat, topo, batch, search in settings:
         print(f"{c} {img or ''} {prec} remat={remat} {topo} ...", flush=True)
-        try:
-            row = report(c, img, T, prec, remat, topo, batch, search)
-            rows.append(row)
-            print(table([row]).splitlines()[-1], flush=True)
-        except Exception as e:  # noqa: BLE001 - a setting that does not compile is a result, not a crash
-            row = {"config": SHORT.get(c, c), "img_size": img, "T": T, "precision": prec, "remat": remat,
-                   "topology": topo, "batch": batch, "error": f"{type(e).__name__}: {str(e)[:2000]}"}
-            print(f"  failed: {row['error'][:300]}", flush=True)
+        row = report(c, img, T, prec, remat, topo, batch, search)
+        rows.append(row)
+        print(table([row]).splitlines()[-1], flush=True)
         entries[key(row)] = row
         if a.out:                       # after each setting: a long run keeps what it has done
             old.update({"description": "benchmarks/tpu_aot.py: the train step compiled for TPU topologies without "
@@ -213,9 +261,9 @@ def main(argv=None) -> dict:
           f"{machine_info()['cpu_model']} ({os.cpu_count()} cores); HBM per chip: arguments + temporaries + outputs "
           "less the donated buffers; the bound is a roofline, not a measurement\n")
     print(table(rows))
-    failed = [v for v in entries.values() if "error" in v]
+    failed = [v for v in entries.values() if "error" in v or "oom" in v]
     if failed:
-        print(f"\n{len(failed)} setting(s) did not compile: " + "; ".join(key(v) for v in failed))
+        print(f"\n{len(failed)} setting(s) did not compile or fit: " + "; ".join(key(v) for v in failed))
     return {"rows": rows, "failed": failed}
 
 

@@ -1,13 +1,35 @@
-"""Shared fixtures: golden files (numbers from the official PyTorch model, copied from shared/golden)."""
+"""Shared fixtures and helpers: the golden files (numbers from the official PyTorch model, copied from shared/golden),
+the command-line runs that many tests share, and one persistent XLA compilation cache for the whole test run.
+
+The cache: every program the run compiles (in this process and in every ``train.py``/``eval.py`` subprocess, which
+inherit the environment) is kept in a temporary directory, so that the same tiny training step is compiled once per
+test run rather than once per subprocess. Set ``JAX_COMPILATION_CACHE_DIR`` to keep one across runs.
+"""
 from __future__ import annotations
 
-import json
-from pathlib import Path
+import atexit
+import os
+import shutil
+import tempfile
 
-import jax
-import numpy as np
-import pytest
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:        # before jax is imported: jax reads these at import
+    _CACHE = tempfile.mkdtemp(prefix="sresformer-test-xla-cache-")
+    atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 
+import json  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).parent / "golden"
 GOLDEN_FILES = ("imagenet_style_lif_t4.npz", "cifar_style_lif_t4.npz", "dvs_style_plif_t8.npz")
 # Files whose float32 forward is stable (golden README): cifar_style is chaotic in float32.
@@ -48,3 +70,94 @@ def event_kernels():
         if "no C++ compiler" in str(err):
             pytest.skip(str(err))
         raise
+
+
+# ----------------------------------------------------------------------------- train.py / eval.py as a user runs them
+# XLA's backend optimisation level 0 halves compile time; every comparison between runs uses the same flags.
+FAST_COMPILE = "--xla_backend_optimization_level=0"
+# A tiny quickstart: batch 16, a few steps.
+TINY = ["--config.batch_size=16", "--config.eval_batch_size=64", "--config.log_every_steps=2",
+        "--config.checkpoint_every_steps=2", "--config.progress_bar=false", "--config.optim.epochs=2"]
+STEPS = 12                            # long enough to be interrupted between its first and last step
+LONG = [f"--config.total_steps={STEPS}", *TINY, "--config.log_every_steps=1", "--config.checkpoint_every_steps=1000"]
+
+
+def cli_env(devices: int = 1, **extra) -> dict:
+    """The environment of a command-line subprocess: CPU, ``devices`` host devices, the fast-compile flag."""
+    return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
+                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {FAST_COMPILE}", **extra)
+
+
+def run(args, devices=1, env=None, check=True, timeout=600):
+    """``python *args`` from the checkout (train.py, eval.py, -m ...), to completion."""
+    e = cli_env(devices)
+    e.update(env or {})
+    p = subprocess.run([sys.executable, *args], cwd=ROOT, env=e, capture_output=True, text=True, timeout=timeout)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{args} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-6000:]}")
+    return p
+
+
+def popen_train(args, env=None, **kw) -> subprocess.Popen:
+    """``python train.py *args`` started in the background."""
+    return subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, env=env or cli_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def final_params(workdir: Path) -> tuple[dict, int]:
+    """Variables of the newest checkpoint in ``workdir`` (flat name → array), and its step."""
+    from sresformer_jax import checkpoint
+    step_dir = checkpoint.find_train_checkpoint(workdir, "latest")
+    _, variables = checkpoint.load_variables(step_dir)
+    flat = jax.tree_util.tree_flatten_with_path(variables)[0]
+    return {jax.tree_util.keystr(k): np.asarray(v) for k, v in flat}, int(step_dir.name)
+
+
+def assert_same_params(a_dir: Path, b_dir: Path) -> None:
+    """The newest checkpoints of two workdirs are of the same step and bitwise equal."""
+    a, sa = final_params(a_dir)
+    b, sb = final_params(b_dir)
+    assert sa == sb
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def checkpoint_steps(workdir: Path) -> list[int]:
+    d = workdir / "checkpoints"
+    return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.is_dir() else []
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def straight(tmp_path_factory):
+    """4 uninterrupted quickstart steps on one device (checkpoints at 2 and 4), shared read-only by every test that
+    compares against it or starts from it; a test that changes a run copies it first."""
+    wd = tmp_path_factory.mktemp("straight")
+    p = run(["train.py", f"--workdir={wd}", "--config.total_steps=4", *TINY])
+    return wd, p
+
+
+@pytest.fixture(scope="session")
+def straight_long(tmp_path_factory):
+    """12 uninterrupted steps (``LONG``): the reference of the runs that are interrupted and resumed."""
+    wd = tmp_path_factory.mktemp("straight_long")
+    run(["train.py", f"--workdir={wd}", *LONG])
+    return wd
+
+
+@pytest.fixture(scope="session")
+def two_processes_long(tmp_path_factory):
+    """The 12-step run of ``straight_long`` as two processes of two devices each, through jax.distributed."""
+    wd = tmp_path_factory.mktemp("two_processes_long")
+    port = free_port()
+    procs = [popen_train([f"--workdir={wd}", *LONG, "--distributed", f"--coordinator_address=127.0.0.1:{port}",
+                          "--num_processes=2", f"--process_id={i}"], env=cli_env(2)) for i in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-6000:]
+    return wd, outs

@@ -7,8 +7,6 @@ import hashlib
 import importlib
 import json
 import math
-import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +14,7 @@ import pytest
 from PIL import Image
 
 import synthetic
+from conftest import run
 from sresformer_jax.data import DatasetNotFoundError, dvs, get_dataset
 from sresformer_jax.data.events import frames_by_number
 from sresformer_jax.data.randaugment import (INCREASING_TRANSFORMS, TRANSFORMS, apply_op, level_to_arg,
@@ -316,15 +315,6 @@ TINY_MODEL = ["--config.model.blocks=(1,1,1)", "--config.model.planes=(16,32,64)
               "--config.log_every_steps=1", "--config.batch_size=4", "--config.eval_batch_size=4"]
 
 
-def run(args, check=True):
-    import subprocess
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_backend_optimization_level=0")
-    p = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    if check and p.returncode:
-        raise AssertionError(f"{args}: {p.returncode}\n{p.stdout[-2000:]}\n{p.stderr[-4000:]}")
-    return p
-
-
 @pytest.mark.slow
 def test_imagenet_folders_train_eval_then_transfer_to_dvs128(tmp_path):
     """ImageNet recipe from a class-folder tree → eval.py → the DVS128 transfer recipe from raw AEDAT files,
@@ -343,13 +333,15 @@ def test_imagenet_folders_train_eval_then_transfer_to_dvs128(tmp_path):
     assert [r["count"] for r in recs if r["split"] == "test"] == [4]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("cfg,needle", [("configs/cifar10.py", "tfds build cifar10"),
                                         ("configs/imagenet.py:ti", "ILSVRC2012_img_train.tar"),
                                         ("configs/cifar10_dvs.py", "airplane.zip"),
                                         ("configs/transfer_dvs128_gesture.py", "DvsGesture.tar.gz")])
-def test_train_py_on_a_missing_dataset_stops_before_compiling_with_the_steps(tmp_path, cfg, needle):
-    p = run(["train.py", f"--config={cfg}", f"--workdir={tmp_path / 'w'}",
-             f"--config.dataset.data_dir={tmp_path / 'none'}", "--config.init_from=x"], check=False)
-    assert p.returncode == 1 and "DatasetNotFoundError" in p.stderr and needle in p.stderr
-    assert "training spikingresformer" not in p.stdout + p.stderr and not (tmp_path / "w" / "checkpoints").exists()
+def test_train_py_on_a_missing_dataset_stops_before_compiling_with_the_steps(tmp_path, capsys, cfg, needle):
+    """In-process (``cli.train(argv)``): the preparation steps, exit status 1, and nothing written to the workdir."""
+    from sresformer_jax import cli
+    rc = cli.train(["train.py", f"--config={cfg}", f"--workdir={tmp_path / 'w'}",
+                    f"--config.dataset.data_dir={tmp_path / 'none'}", "--config.init_from=x"])
+    out = capsys.readouterr()
+    assert rc == 1 and "DatasetNotFoundError" in out.err and needle in out.err
+    assert "training spikingresformer" not in out.out + out.err and not (tmp_path / "w").exists()

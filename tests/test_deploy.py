@@ -18,8 +18,7 @@ from sresformer_jax import deploy, energy, interop
 from sresformer_jax.model import STATE_COLLECTIONS
 from sresformer_jax.neurons import SPIKE_COUNTS
 
-from conftest import GOLDEN_FILES, load_golden
-from test_train_e2e import straight  # noqa: F401  (the shared 4-step training run)
+from conftest import GOLDEN_FILES, load_golden, run
 
 IMPLS = ["xla"] + (["events"] if jax.default_backend() == "cpu" else [])
 
@@ -145,7 +144,6 @@ def test_export_command_and_eval_deploy_on_a_training_run(straight, tmp_path):
     `eval.py --deploy`, which reports the deploy form next to the training form."""
     import json
 
-    from test_train_e2e import run
     wd, _ = straight
     out = tmp_path / "m.deploy"
     p = run(["-m", "sresformer_jax.deploy", "export", f"--checkpoint={wd}/best", f"--out={out}"])

@@ -5,44 +5,22 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
-import numpy as np
 import pytest
 
-from test_train_e2e import ROOT, TINY, final_params, run, straight  # noqa: F401  (shared 4-step run)
-
+from conftest import TINY, assert_same_params, checkpoint_steps, popen_train, run
 
 pytestmark = pytest.mark.slow         # every test here runs train.py/eval.py as a subprocess
 
-def _steps(workdir: Path) -> list[int]:
-    d = workdir / "checkpoints"
-    return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.is_dir() else []
-
-
-def _assert_same_params(a_dir: Path, b_dir: Path) -> None:
-    a, sa = final_params(a_dir)
-    b, sb = final_params(b_dir)
-    assert sa == sb
-    for k in a:
-        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-
-
-def _popen(args, workdir):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
-               XLA_FLAGS="--xla_force_host_platform_device_count=1 --xla_backend_optimization_level=0")
-    return subprocess.Popen([sys.executable, "train.py", f"--workdir={workdir}", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
 
 def test_kill_9_then_resume_is_bitwise_identical(straight, tmp_path):
+    """kill -9 right after the first checkpoint (mid-run, maybe mid-save of the next): the next run resumes from the
+    newest complete checkpoint, ignoring a half-written one, and ends bitwise equal to the uninterrupted run."""
     wd, _ = straight
-    p = _popen(["--config.total_steps=4", *TINY], tmp_path)
+    p = popen_train([f"--workdir={tmp_path}", "--config.total_steps=4", *TINY])
     deadline = time.time() + 400
-    while time.time() < deadline and not _steps(tmp_path):
+    while time.time() < deadline and not checkpoint_steps(tmp_path):
         time.sleep(0.2)
         assert p.poll() is None, p.communicate()[1][-3000:]
     p.send_signal(signal.SIGKILL)   # right after the first checkpoint: mid-run, maybe mid-save of the next
@@ -51,9 +29,10 @@ def test_kill_9_then_resume_is_bitwise_identical(straight, tmp_path):
     junk = tmp_path / "checkpoints" / "4.orbax-checkpoint-tmp-1234567"
     junk.mkdir(parents=True, exist_ok=True)
     (junk / "garbage").write_bytes(os.urandom(64))
+    complete = checkpoint_steps(tmp_path)[-1]
     out = run(["train.py", f"--workdir={tmp_path}", "--config.total_steps=4", *TINY])
-    assert "resuming at step" in out.stderr
-    _assert_same_params(wd, tmp_path)
+    assert f"resuming at step {complete}" in out.stderr
+    assert_same_params(wd, tmp_path)
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncate", "delete"])
@@ -74,14 +53,14 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(straight, tmp_path, da
     assert f"{latest}" in out.stderr and "unreadable" in out.stderr
     assert "resuming at step 2" in out.stderr
     assert any((work / "corrupt_checkpoints").iterdir())       # kept for inspection, never loaded
-    _assert_same_params(wd, work)                               # steps 3–4 re-trained identically
+    assert_same_params(wd, work)                               # steps 3–4 re-trained identically
 
 
 def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(straight, tmp_path):
     wd, _ = straight
     work = tmp_path / "run"
     shutil.copytree(wd, work)
-    for step in _steps(work):
+    for step in checkpoint_steps(work):
         shutil.rmtree(work / "checkpoints" / str(step) / "state")
     before = sorted(str(p.relative_to(work)) for p in work.rglob("*"))
     out = run(["train.py", f"--workdir={work}", "--config.total_steps=6", *TINY], check=False)
@@ -97,13 +76,13 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
                "--config.optim.warmup_epochs=0"], check=False)
     assert out.returncode != 0
     assert "NonFiniteLossError" in out.stderr and "step " in out.stderr
-    steps = _steps(tmp_path)
+    steps = checkpoint_steps(tmp_path)
     bad = int(out.stderr.split("NonFiniteLossError: step ")[1].split(":")[0])
     assert all(s < bad for s in steps)                          # nothing saved at or after the bad step
 
 
 def test_second_trainer_on_same_workdir_refuses(tmp_path):
-    a = _popen(["--config.total_steps=400", *TINY], tmp_path)
+    a = popen_train([f"--workdir={tmp_path}", "--config.total_steps=400", *TINY])
     lock = tmp_path / ".train.lock"
     deadline = time.time() + 120
     while time.time() < deadline and not (lock.exists() and lock.read_text().startswith("pid")):
@@ -120,20 +99,29 @@ def test_second_trainer_on_same_workdir_refuses(tmp_path):
 
 
 @pytest.mark.parametrize("override,field", [
-    ("--config.batch_size=15", "batch_size"),                 # not divisible by the 2 devices below
     ("--config.model.group_size=24", "group_size"),
     ("--config.model.num_heads=(1,3,4)", "num_heads"),
     ("--config.model.T=0", "T must be >= 1"),
     ("--config.model.img_size=10", "img_size"),
     ("--config.no_such_field=1", "no_such_field"),
 ])
-def test_bad_config_fails_fast_naming_the_field(tmp_path, override, field):
+def test_bad_config_fails_fast_naming_the_field(tmp_path, capsys, override, field):
+    """In-process (``cli.train(argv)``): one message naming the field, before any compilation, nothing written."""
+    from sresformer_jax import cli
     t0 = time.time()
-    out = run(["train.py", f"--workdir={tmp_path}", *TINY, override], devices=2, check=False)
-    assert out.returncode != 0 and field in out.stderr, out.stderr[-2000:]
-    assert "Traceback" not in out.stderr or "no_such_field" in override   # (flag parsing's own error)
+    rc = cli.train(["train.py", f"--workdir={tmp_path}", *TINY, override])
+    err = capsys.readouterr().err
+    assert rc != 0 and field in err, err[-2000:]
+    assert "Traceback" not in err
     assert not (tmp_path / "checkpoints").exists()
     assert time.time() - t0 < 60                               # before any compilation
+
+
+def test_a_batch_the_devices_do_not_divide_is_refused_by_train_py(tmp_path):
+    """As a user meets it: train.py on 2 devices with a batch of 15, exit status 1, one line, nothing written."""
+    out = run(["train.py", f"--workdir={tmp_path}", *TINY, "--config.batch_size=15"], devices=2, check=False)
+    assert out.returncode == 1 and "batch_size" in out.stderr and "2 devices" in out.stderr, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr and not (tmp_path / "checkpoints").exists()
 
 
 def test_own_formats_hold_no_pickles(straight):

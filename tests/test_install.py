@@ -23,8 +23,9 @@ def _run(cmd, cwd, env=None, timeout=600):
 
 @pytest.fixture(scope="module")
 def venv(tmp_path_factory):
-    """A fresh virtual environment holding the wheel of this checkout. Its dependencies come from this
-    interpreter's site-packages (``--system-site-packages``): the test is about the package, not about PyPI."""
+    """A fresh virtual environment holding the wheel of this checkout. Its dependencies are the packages of the
+    environment running the tests (a ``.pth`` file lists its site-packages, whether that is the system Python, a
+    virtualenv or conda): the test is about the package, not about PyPI."""
     tmp = tmp_path_factory.mktemp("install")
     src = tmp / "src"                              # a copy, so that the build leaves nothing in the checkout
     shutil.copytree(ROOT / "sresformer_jax", src / "sresformer_jax", ignore=shutil.ignore_patterns("__pycache__"))
@@ -32,8 +33,11 @@ def venv(tmp_path_factory):
         shutil.copy(ROOT / name, src / name)
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp / "dist"), str(src)], tmp)
     wheel, = (tmp / "dist").glob("sresformer_jax-*.whl")
-    _run([sys.executable, "-m", "venv", "--system-site-packages", str(tmp / "venv")], tmp)
+    _run([sys.executable, "-m", "venv", str(tmp / "venv")], tmp)
     python = tmp / "venv" / "bin" / "python"
+    own = _run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], tmp).stdout.strip()
+    ours = [p for p in sys.path if p.endswith("-packages") and os.path.isdir(p)]    # this environment's packages
+    Path(own, "test_environment.pth").write_text("\n".join(ours) + "\n")
     _run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], tmp)
     return tmp, python
 

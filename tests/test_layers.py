@@ -57,6 +57,13 @@ def reference(x, kernel, stride, padding, groups):
     return y.reshape(lead + y.shape[1:])
 
 
+@functools.cache
+def _bound(fn, **kwargs):
+    """One ``functools.partial`` per function and arguments, so that the jitted programs below are cached (a new
+    partial is a new static argument, and a new compile)."""
+    return functools.partial(fn, **kwargs)
+
+
 @jax.jit(static_argnums=0)
 def _value_and_grads(fn, x, kernel, cotangent):
     """(y, ∂⟨y, cotangent⟩/∂x, ∂⟨y, cotangent⟩/∂kernel), one compiled program."""
@@ -74,9 +81,8 @@ def _compare(case, dtype, tol, impl="slices", spikes=False, binary=False):
     h, w = shape[-3:-1]
     assert y_ref.shape[-3:-1] == ((h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1)
     ct = _normal(y_ref.shape, dtype, seed=2)
-    want = _value_and_grads(functools.partial(reference, stride=s, padding=p, groups=g), x, kernel, ct)
-    got = _value_and_grads(functools.partial(conv2d, stride=s, padding=p, groups=g, impl=impl, binary=binary),
-                           x, kernel, ct)
+    want = _value_and_grads(_bound(reference, stride=s, padding=p, groups=g), x, kernel, ct)
+    got = _value_and_grads(_bound(conv2d, stride=s, padding=p, groups=g, impl=impl, binary=binary), x, kernel, ct)
     for name, a, b in zip(("y", "dx", "dkernel"), got, want):
         assert a.shape == b.shape and a.dtype == b.dtype, name
         a, b = np.asarray(a), np.asarray(b)                          # compare on the host: no compiles

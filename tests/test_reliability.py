@@ -16,23 +16,10 @@ from pathlib import Path
 import pytest
 
 import synthetic
-from test_faults import _assert_same_params, _steps
-from test_train_e2e import FAST_COMPILE, ROOT, TINY, _free_port, run, straight  # noqa: F401
+from conftest import (LONG, ROOT, STEPS, TINY, assert_same_params, checkpoint_steps, cli_env, free_port,
+                      popen_train, run)
 
 pytestmark = pytest.mark.slow         # every test here runs train.py/eval.py as a subprocess
-
-STEPS = 12                            # long enough to be interrupted between its first and last step
-LONG = [f"--config.total_steps={STEPS}", *TINY, "--config.log_every_steps=1", "--config.checkpoint_every_steps=1000"]
-
-
-def _env(devices: int = 1) -> dict:
-    return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
-                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {FAST_COMPILE}")
-
-
-def _popen(args, env=None, **kw):
-    return subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, env=env or _env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kw)
 
 
 def _train_records(workdir: Path) -> int:
@@ -48,48 +35,39 @@ def _wait_for(predicate, proc, timeout=400):
     assert predicate(), "timed out"
 
 
-@pytest.fixture(scope="module")
-def straight_long(tmp_path_factory):
-    wd = tmp_path_factory.mktemp("straight_long")
-    run(["train.py", f"--workdir={wd}", *LONG])
-    return wd
-
-
 @pytest.mark.parametrize("sig,seed", [(signal.SIGTERM, 0), (signal.SIGINT, 1)])
 def test_a_signal_at_a_random_step_saves_that_step_and_resumes_bitwise(straight_long, tmp_path, sig, seed):
     """SIGTERM (a pod's or SLURM's preemption) or SIGINT (Ctrl-C) at a random step: the step in flight finishes,
     is saved with its data position, the writers close, the exit names the step and the command that resumes;
     a second signal during the save changes nothing; the resumed run ends bitwise equal to an uninterrupted one."""
     at = random.Random(seed).randint(1, STEPS // 2)
-    p = _popen([f"--workdir={tmp_path}", *LONG])
+    p = popen_train([f"--workdir={tmp_path}", *LONG])
     _wait_for(lambda: _train_records(tmp_path) >= at, p)
     p.send_signal(sig)
     time.sleep(0.05)
     p.send_signal(sig)                                     # a second one while it saves
     out, err = p.communicate(timeout=300)
     assert p.returncode == 128 + sig, err[-3000:]
-    saved = _steps(tmp_path)
+    saved = checkpoint_steps(tmp_path)
     assert len(saved) == 1 and at <= saved[0] < STEPS, (saved, err[-2000:])
     assert f"stopped by {sig.name} after saving step {saved[0]}" in err and "Resume with the same command" in err
     assert f"--workdir={tmp_path}" in err.split("Resume with the same command")[1]
     assert "Traceback" not in err
     again = run(["train.py", f"--workdir={tmp_path}", *LONG])
     assert f"resuming at step {saved[0]}" in again.stderr
-    _assert_same_params(straight_long, tmp_path)
+    assert_same_params(straight_long, tmp_path)
 
 
-def test_sigterm_to_one_of_two_processes_saves_the_same_step_on_both_and_resumes_exactly(tmp_path):
+def test_sigterm_to_one_of_two_processes_saves_the_same_step_on_both_and_resumes_exactly(two_processes_long,
+                                                                                          tmp_path):
     """JAX's preemption sync point: SIGTERM to process 1 only; both processes save the same step and stop; the
     resumed two-process run ends bitwise equal to an uninterrupted two-process run."""
     def launch(workdir):
-        port = _free_port()
-        return [_popen([f"--workdir={workdir}", *LONG, "--distributed", f"--coordinator_address=127.0.0.1:{port}",
-                        "--num_processes=2", f"--process_id={i}"], env=_env(2)) for i in range(2)]
+        port = free_port()
+        return [popen_train([f"--workdir={workdir}", *LONG, "--distributed", f"--coordinator_address=127.0.0.1:{port}",
+                             "--num_processes=2", f"--process_id={i}"], env=cli_env(2)) for i in range(2)]
 
-    ref = tmp_path / "ref"
-    for q in launch(ref):
-        _, err = q.communicate(timeout=600)
-        assert q.returncode == 0, err[-3000:]
+    ref, _ = two_processes_long
     work = tmp_path / "work"
     procs = launch(work)
     _wait_for(lambda: _train_records(work) >= 2, procs[0])
@@ -99,14 +77,14 @@ def test_sigterm_to_one_of_two_processes_saves_the_same_step_on_both_and_resumes
         _, err = q.communicate(timeout=600)
         errs.append(err)
         assert q.returncode == 128 + signal.SIGTERM, err[-3000:]
-    saved = _steps(work)
+    saved = checkpoint_steps(work)
     assert len(saved) == 1 and saved[0] < STEPS, (saved, errs[0][-2000:])
     for err in errs:
         assert f"after saving step {saved[0]}" in err
     for q in launch(work):
         _, err = q.communicate(timeout=600)
         assert q.returncode == 0, err[-3000:]
-    _assert_same_params(ref, work)
+    assert_same_params(ref, work)
 
 
 def test_resuming_with_another_model_config_is_refused_naming_the_fields(straight, tmp_path):
@@ -159,15 +137,17 @@ def test_a_shape_mismatch_on_restore_is_not_called_corruption(straight, tmp_path
             ckpts.restore_latest(abstract)
     finally:
         ckpts.close()
-    assert not (work / "corrupt_checkpoints").exists() and _steps(work) == [2, 4]
+    assert not (work / "corrupt_checkpoints").exists() and checkpoint_steps(work) == [2, 4]
 
 
-def test_an_unknown_override_is_one_line_with_the_nearest_field(tmp_path):
-    out = run(["train.py", f"--workdir={tmp_path}", "--config.optim.lrr=1"], check=False)
+def test_an_unknown_override_is_one_line_with_the_nearest_field(tmp_path, capsys):
+    out = run(["train.py", f"--workdir={tmp_path}", "--config.optim.lrr=1"], check=False)     # as a user meets it
     assert out.returncode == 2 and out.stderr.strip().splitlines() == [
         "train.py: --config.optim.lrr is not a field of this config; did you mean --config.optim.lr?"]
-    out = run(["train.py", f"--workdir={tmp_path}", "--config.nonexistent=1"], check=False)
-    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1 and "nonexistent" in out.stderr
+    from sresformer_jax import cli
+    assert cli.train(["train.py", f"--workdir={tmp_path}", "--config.nonexistent=1"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "nonexistent" in err
 
 
 def _image_folder(root: Path) -> Path:
@@ -203,13 +183,14 @@ def test_a_damaged_image_stops_naming_the_file_or_is_skipped_and_counted(tmp_pat
     assert f"skipped 1 damaged file(s) (dataset.skip_corrupt): {victim}" in ok.stderr
 
 
-def test_an_empty_class_folder_is_named(tmp_path):
+def test_an_empty_class_folder_is_named(tmp_path, capsys):
+    from sresformer_jax import cli
     root = _image_folder(tmp_path / "data")
     for f in (root / "train" / sorted(os.listdir(root / "train"))[1]).iterdir():
         f.unlink()
-    out = run(["train.py", f"--workdir={tmp_path / 'w'}", *IMAGENET_TINY, f"--config.dataset.data_dir={root}"],
-              check=False)
-    assert out.returncode == 1 and "an empty class folder" in out.stderr and "Traceback" not in out.stderr
+    rc = cli.train(["train.py", f"--workdir={tmp_path / 'w'}", *IMAGENET_TINY, f"--config.dataset.data_dir={root}"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "an empty class folder" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("dataset", ["cifar10_dvs", "dvs128_gesture"])
@@ -247,20 +228,20 @@ def test_a_full_disk_stops_training_naming_the_path_and_keeps_the_previous_check
                "resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000)); sys.argv = sys.argv[1:]; "
                "runpy.run_path('train.py', run_name='__main__')")
     p = subprocess.run([sys.executable, "-c", limited, "train.py", f"--workdir={work}", "--config.total_steps=4",
-                        *TINY], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+                        *TINY], cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=600)
     assert p.returncode == 1, p.stderr[-3000:]
     assert "CheckpointWriteError: could not write checkpoint" in p.stderr and str(work / "checkpoints" / "4") in p.stderr
     assert f"{work / 'checkpoints' / '2'} is still the one a resume uses" in p.stderr
     assert "Traceback" not in p.stderr and len(p.stderr.splitlines()) < 20
-    assert _steps(work) == [2]
+    assert checkpoint_steps(work) == [2]
     run(["train.py", f"--workdir={work}", "--config.total_steps=4", *TINY])         # space again: resume
-    _assert_same_params(wd, work)
+    assert_same_params(wd, work)
 
 
 def test_eval_reads_only_complete_checkpoints_while_training_runs_and_takes_no_lock(tmp_path):
-    p = _popen([f"--workdir={tmp_path}", "--config.total_steps=400", *TINY, "--config.checkpoint_every_steps=2"])
+    p = popen_train([f"--workdir={tmp_path}", "--config.total_steps=400", *TINY, "--config.checkpoint_every_steps=2"])
     try:
-        _wait_for(lambda: len(_steps(tmp_path)) >= 1, p)
+        _wait_for(lambda: len(checkpoint_steps(tmp_path)) >= 1, p)
         lock_before = (tmp_path / ".train.lock").read_text()
         partial = tmp_path / "checkpoints" / "999.orbax-checkpoint-tmp-42"       # a save in progress
         partial.mkdir()

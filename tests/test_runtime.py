@@ -99,16 +99,19 @@ def test_cpu_runs_without_an_allocator_setting_are_told_the_fix():
     assert runtime.allocator_advice("gpu", runtime.allocator_env("system")) is None
 
 
-@pytest.mark.slow
-def test_train_py_warns_once_without_an_allocator_setting(tmp_path):
-    """The warning comes from the real entry point, once, before training (here on a config error after it)."""
-    p = subprocess.run([sys.executable, "train.py", f"--workdir={tmp_path}", "--config.log_every_steps=0"],
-                       capture_output=True, text=True, env=_base_env(), timeout=300, cwd=ROOT)
-    assert p.returncode == 1 and p.stderr.count("per-step buffers") == 1, p.stderr
-    p = subprocess.run([sys.executable, "train.py", f"--workdir={tmp_path}", "--config.log_every_steps=0"],
-                       capture_output=True, text=True, env=runtime.allocator_env("huge", _base_env()), timeout=300,
-                       cwd=ROOT)
-    assert p.returncode == 1 and "per-step buffers" not in p.stderr, p.stderr
+def test_train_py_warns_once_without_an_allocator_setting(tmp_path, monkeypatch, capsys):
+    """The warning comes from the real entry point (``cli.train``, in-process), once, before training (here on a
+    config error after it), and not when the launcher set an allocator."""
+    from sresformer_jax import cli
+    argv = ["train.py", f"--workdir={tmp_path}", "--config.log_every_steps=0"]
+    for name in ("GLIBC_TUNABLES", "LD_PRELOAD", *runtime.RETAIN_ENV):     # glibc's defaults
+        monkeypatch.delenv(name, raising=False)
+    assert cli.train(argv) == 1
+    assert capsys.readouterr().err.count("per-step buffers") == 1
+    for key, value in runtime.allocator_env("huge", {}).items():
+        monkeypatch.setenv(key, value)
+    assert cli.train(argv) == 1
+    assert "per-step buffers" not in capsys.readouterr().err
 
 
 def test_accelerator_detection_honours_jax_platforms(monkeypatch):

@@ -1,55 +1,16 @@
-"""train.py / eval.py as a user runs them (subprocesses): quickstart steps + eval, exact resume,
-4 devices vs 1, and two processes through jax.distributed vs one."""
+"""train.py / eval.py as a user runs them: quickstart steps + eval (subprocesses), two processes through
+jax.distributed against one, and the command line's errors (in-process, ``cli.train(argv)``)."""
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.slow         # every test here runs train.py/eval.py as a subprocess
+from conftest import final_params, run
 
-ROOT = Path(__file__).resolve().parent.parent
-# XLA's backend optimisation level 0 halves compile time; every comparison below is between runs that
-# use the same flags, so it changes no assertion.
-FAST_COMPILE = "--xla_backend_optimization_level=0"
-# A tiny quickstart: batch 16, a few steps.
-TINY = ["--config.batch_size=16",
-        "--config.eval_batch_size=64", "--config.log_every_steps=2", "--config.checkpoint_every_steps=2",
-        "--config.progress_bar=false", "--config.optim.epochs=2"]
-
-
-def run(args, devices=1, env=None, check=True, timeout=600):
-    e = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
-    e["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices} {FAST_COMPILE}"
-    e.update(env or {})
-    p = subprocess.run([sys.executable, *args], cwd=ROOT, env=e, capture_output=True, text=True, timeout=timeout)
-    if check and p.returncode != 0:
-        raise AssertionError(f"{args} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-6000:]}")
-    return p
-
-
-def final_params(workdir: Path) -> dict:
-    """Parameters of the newest checkpoint in ``workdir`` (flat name → array)."""
-    from sresformer_jax import checkpoint
-    step_dir = checkpoint.find_train_checkpoint(workdir, "latest")
-    _, variables = checkpoint.load_variables(step_dir)
-    flat = jax.tree_util.tree_flatten_with_path(variables)[0]
-    return {jax.tree_util.keystr(k): np.asarray(v) for k, v in flat}, int(step_dir.name)
-
-
-@pytest.fixture(scope="module")
-def straight(tmp_path_factory):
-    """4 uninterrupted steps on one device."""
-    wd = tmp_path_factory.mktemp("straight")
-    p = run(["train.py", f"--workdir={wd}", "--config.total_steps=4", *TINY])
-    return wd, p
+pytestmark = pytest.mark.slow         # every test here runs train.py/eval.py
 
 
 def test_quickstart_steps_then_eval(straight):
@@ -69,66 +30,33 @@ def test_quickstart_steps_then_eval(straight):
     assert "SOPs / image" in e.stdout and (wd / "firing_rates.png").stat().st_size > 0
 
 
-def test_resume_is_exact(straight, tmp_path):
-    wd, _ = straight
-    run(["train.py", f"--workdir={tmp_path}", "--config.total_steps=2", *TINY])
-    p = run(["train.py", f"--workdir={tmp_path}", "--config.total_steps=4", *TINY])
-    assert "resuming at step 2" in p.stderr
-    a, sa = final_params(wd)
-    b, sb = final_params(tmp_path)
-    assert sa == sb == 4
-    for k in a:
-        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-
-
-def test_four_devices_match_one(straight, tmp_path):
-    wd, _ = straight
-    run(["train.py", f"--workdir={tmp_path}", "--config.total_steps=4", *TINY], devices=4)
-    a, _ = final_params(wd)
-    b, _ = final_params(tmp_path)
-    worst = max(float(np.abs(a[k] - b[k]).max() / (np.abs(a[k]).max() + 1e-12)) for k in a)
-    assert worst < 1e-3, worst
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_two_processes_match_one(straight, tmp_path):
-    wd, _ = straight
-    port = _free_port()
-    e = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count=2 {FAST_COMPILE}")
-    procs = [subprocess.Popen(
-        [sys.executable, "train.py", f"--workdir={tmp_path}", "--config.total_steps=4", *TINY, "--distributed",
-         f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
-        cwd=ROOT, env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
-    outs = [p.communicate(timeout=600) for p in procs]
-    for p, (out, err) in zip(procs, outs):
-        assert p.returncode == 0, err[-6000:]
+def test_two_processes_match_one(straight_long, two_processes_long):
+    """4 devices in 2 processes compute what 1 device computes over the same global batches (each device its
+    shard; BatchNorm and firing-rate statistics over the global batch)."""
+    wd, outs = two_processes_long
     assert "4 cpu device(s), 2 process(es)" in outs[0][1]
-    a, _ = final_params(wd)
-    b, _ = final_params(tmp_path)
+    a, sa = final_params(straight_long)
+    b, sb = final_params(wd)
+    assert sa == sb
     worst = max(float(np.abs(a[k] - b[k]).max() / (np.abs(a[k]).max() + 1e-12)) for k in a)
     assert worst < 1e-3, worst
 
 
-def test_config_overrides_and_unknown_keys(tmp_path):
-    p = run(["train.py", f"--workdir={tmp_path}", "--config.no_such_key=1"], check=False)
-    assert p.returncode != 0 and "no_such_key" in p.stderr
-    p = run(["train.py", f"--workdir={tmp_path}", "--config.batch_size=abc"], check=False)
-    assert p.returncode != 0 and "batch_size" in p.stderr
+def test_config_overrides_and_unknown_keys(tmp_path, capsys):
+    from sresformer_jax import cli
+    assert cli.train(["train.py", f"--workdir={tmp_path}", "--config.no_such_key=1"]) == 2
+    assert "no_such_key" in capsys.readouterr().err
+    assert cli.train(["train.py", f"--workdir={tmp_path}", "--config.batch_size=abc"]) == 2
+    assert "batch_size" in capsys.readouterr().err
 
 
 def test_init_from_transfers_everything_but_the_classifier(straight):
     """config.init_from = the official transfer(): all tensors but classifier.*, BN stats and firing rates too."""
     import optax
-    from sresformer_jax.training.state import create_train_state
-    from sresformer_jax.training.trainer import _transfer
     from sresformer_jax.configs import quickstart
     from sresformer_jax.model import build_model
+    from sresformer_jax.training.state import create_train_state
+    from sresformer_jax.training.trainer import _transfer
     wd, _ = straight
     cfg = quickstart.get_config()
     model = build_model(cfg.model.to_dict())

@@ -113,6 +113,43 @@ def _tuple_items(shape: str) -> list[str]:
     return items
 
 
+def division_of_work(config, devices, batch_per_device: int) -> dict:
+    """Whether each of ``devices`` computes only its shard: the train step and the spike-counting eval step lowered
+    (``lower_steps``) and compiled on one of them and on all of them at the same per-device batch.
+
+    Returns, per step ("train", "eval"): the per-device FLOPs on one device and on all, their ratio, the collective
+    census of the program on all devices, and the collectives other than all-reduces (which would move activations);
+    and the bytes of the parameters and statistics (what the all-reduces should move)."""
+    from ..model import build_model
+    from ..neurons import SPIKE_COUNTS
+    from .steps import make_mesh
+    devices = list(devices)
+    out: dict = {"devices": len(devices), "batch_per_device": batch_per_device}
+    for name, mesh in (("one", make_mesh(devices[:1])), ("all", make_mesh(devices))):
+        train, evaluate = lower_steps(config, mesh, batch_per_device, count_spikes=True)
+        for step, lowered in (("train", train), ("eval", evaluate)):
+            compiled = lowered.compile()
+            entry = out.setdefault(step, {})
+            entry[f"flops_{name}"] = float(compiled.cost_analysis()["flops"])
+            if name == "all":
+                entry["census"] = census(compiled)
+                entry["other_collectives"] = [dataclasses.asdict(c) for c in collectives(compiled)
+                                              if c.op != "all-reduce"]
+        state = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), train.args_info[0][0])
+    for step in ("train", "eval"):
+        out[step]["flops_ratio"] = out[step]["flops_all"] / out[step]["flops_one"]
+    variables = state.variables()
+    model = build_model(config.model.to_dict(), conv_impl="xla")
+    x = jax.ShapeDtypeStruct((batch_per_device, *input_shape(model)), jnp.float32)
+    counts = jax.eval_shape(lambda v, x: model.apply(v, x, mutable=[SPIKE_COUNTS])[1], variables, x)
+    out["bytes"] = {k: _nbytes(v) for k, v in {**variables, "spike_counts": counts}.items()}
+    return out
+
+
+def _nbytes(tree) -> int:
+    return int(sum(math.prod(x.shape) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)))
+
+
 def census(compiled: jax.stages.Compiled) -> dict[str, dict[str, int]]:
     """``{op: {"count": n, "bytes": b}}`` of the collectives in ``compiled``."""
     out: dict[str, dict[str, int]] = {}
