@@ -50,16 +50,7 @@ def _expected(model: SpikingResformer) -> dict[str, Any]:
 
 
 def _compare(expected: Mapping[str, Any], got: Mapping[str, Any], what: str) -> None:
-    missing = sorted(set(expected) - set(got))
-    unexpected = sorted(set(got) - set(expected))
-    misshaped = sorted(f"{k}: expected {list(expected[k].shape)}, got {list(got[k].shape)}"
-                       for k in set(expected) & set(got) if tuple(expected[k].shape) != tuple(got[k].shape))
-    if missing or unexpected or misshaped:
-        lines = ([f"  missing: {k}" for k in missing] + [f"  unexpected: {k}" for k in unexpected]
-                 + [f"  mis-shaped: {k}" for k in misshaped])
-        raise ValueError(f"{what} do not match the model config "
-                         f"({len(missing)} missing, {len(unexpected)} unexpected, {len(misshaped)} mis-shaped):\n"
-                         + "\n".join(lines))
+    trees.check_fits(expected, got, f"{what} do not match the model config")
 
 
 def _model(cfg: Mapping[str, Any], dtype=None, param_dtype=jnp.float32, conv_impl: str = "xla") -> SpikingResformer:

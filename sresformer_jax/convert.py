@@ -139,18 +139,6 @@ def guess_variant(sd: Mapping[str, np.ndarray]) -> str | None:
     return hits[0] if len(hits) == 1 else None
 
 
-def _check(sd: Mapping[str, np.ndarray], model) -> list[str]:
-    """One line per missing, unexpected or mis-shaped name (``num_batches_tracked`` is ignored)."""
-    from .interop import name_table
-    table = name_table(model)
-    given = {k: v for k, v in sd.items() if not k.endswith("num_batches_tracked")}
-    lines = [f"missing: {k} (expected shape {list(table[k][1])})" for k in sorted(set(table) - set(given))]
-    lines += [f"unexpected: {k} (shape {list(np.shape(given[k]))})" for k in sorted(set(given) - set(table))]
-    lines += [f"mis-shaped: {k}: expected {list(table[k][1])}, got {list(np.shape(given[k]))}"
-              for k in sorted(set(table) & set(given)) if tuple(np.shape(given[k])) != tuple(table[k][1])]
-    return lines
-
-
 def from_official_cmd(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not args.force:
@@ -164,6 +152,7 @@ def from_official_cmd(args: argparse.Namespace) -> int:
     from . import __version__
     from .checkpoint import save_model
     from .interop import from_official
+    from .trees import MismatchError
     from .model import SpikingResformer, check_calibrated, config_for, count_params
 
     notes = []
@@ -188,28 +177,22 @@ def from_official_cmd(args: argparse.Namespace) -> int:
         overrides["dvs"] = True
     try:
         cfg = config_for(args.variant, **overrides)
-        probe = SpikingResformer.from_config(cfg, conv_impl="xla")      # names and shapes only
+        SpikingResformer.from_config(cfg, conv_impl="xla")              # the config's own checks
     except ValueError as e:
         raise ConversionError(str(e)) from None
-
-    problems = _check(sd, probe)
-    if problems:
-        guess = guess_variant(sd)
-        hint = None
-        if guess and guess != args.variant:
-            hint = f"these weights look like {guess}: try --variant {guess}"
-        raise ConversionError(
-            f"the weights in {where} do not fit {args.variant} (planes={cfg['planes']}, stem={cfg['prologue']}, "
-            f"neuron={cfg['activation']}, num_classes={cfg['num_classes']}): "
-            f"{len(problems)} problem{'s' * (len(problems) != 1)}", problems, hint)
 
     dtype = jnp.dtype(args.dtype)
     if dtype == jnp.float64:
         jax.config.update("jax_enable_x64", True)
     try:
         model, variables = from_official(cfg, sd, dtype=dtype)
-    except ValueError as e:  # interop's own check (lists every problem, '; '-separated)
-        raise ConversionError("the state dict does not fit the model", str(e).split("; ")) from None
+    except MismatchError as e:                       # every missing, unexpected or mis-shaped name
+        guess = guess_variant(sd)
+        hint = f"these weights look like {guess}: try --variant {guess}" if guess and guess != args.variant else None
+        raise ConversionError(
+            f"the weights in {where} do not fit {args.variant} (planes={cfg['planes']}, stem={cfg['prologue']}, "
+            f"neuron={cfg['activation']}, num_classes={cfg['num_classes']}): "
+            f"{len(e.lines)} problem{'s' * (len(e.lines) != 1)}", e.lines, hint) from None
 
     n_params = count_params(variables["params"])
     dropped = sorted(k for k in sd if k.endswith("num_batches_tracked"))

@@ -31,12 +31,13 @@ import shutil
 import sys
 import uuid
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import architecture, trees
 from .neurons import SPIKE_COUNTS, fire
 from .ops import conv2d, conv_lowering, dot, kernels, resolve_conv_impl
 from .ops.conv import max_pool
@@ -50,62 +51,26 @@ class NotSpikeDrivenError(TypeError):
     """A product after the stem got an operand that is not a spike (bool) tensor."""
 
 
-class DeployFileError(ValueError):
+class DeployFileError(trees.MismatchError):
     """A deploy directory whose files are missing, of another format, or hold missing or mis-shaped tensors."""
+
+    def __init__(self, message: str, lines: list[str] | None = None):
+        super().__init__(message, lines or [])
 
 
 # ------------------------------------------------------------------------------------------------- structure
-@dataclasses.dataclass(frozen=True)
-class _Conv:
-    path: str                 # e.g. "stage1_gwffn1/conv"
-    k: int
-    cin: int
-    cout: int
-    stride: int = 1
-    padding: int = 0
-    groups: int = 1
-    spikes: bool = True
-
-
-def _convs(arch: Mapping[str, Any]) -> Iterator[_Conv]:
-    """Every convolution of the architecture, in forward order (the one list fold, load and the forward use)."""
-    planes, heads, patches, blocks = arch["planes"], arch["num_heads"], arch["patch_sizes"], arch["blocks"]
-    k0 = 7 if arch["prologue"] == "default" else 3
-    yield _Conv("stem", k0, arch["in_channels"], planes[0], 2 if k0 == 7 else 1, k0 // 2, spikes=False)
-    for i, (n, c, p) in enumerate(zip(blocks, planes, patches)):
-        s = i + 1
-        if i:
-            yield _Conv(f"stage{s}_downsample/conv", 3, planes[i - 1], c, 2, 1)
-        for b in range(1, n + 1):
-            yield _Conv(f"stage{s}_dssa{b}/kv", p, c, 2 * c, p)
-            yield _Conv(f"stage{s}_dssa{b}/proj", 1, c, c)
-            yield _Conv(f"stage{s}_gwffn{b}/up", 1, c, 4 * c)
-            yield _Conv(f"stage{s}_gwffn{b}/conv", 3, 4 * c, 4 * c, 1, 1, 4 * c // arch["group_size"])
-            yield _Conv(f"stage{s}_gwffn{b}/down", 1, 4 * c, c)
-    del heads
-
-
-def _neurons(arch: Mapping[str, Any]) -> list[str]:
-    """Every neuron layer's path (module/neuron), in forward order."""
-    out = []
-    for i, n in enumerate(arch["blocks"]):
-        s = i + 1
-        if i:
-            out.append(f"stage{s}_downsample/lif")
-        for b in range(1, n + 1):
-            out += [f"stage{s}_dssa{b}/{x}" for x in ("lif_in", "lif_attn", "lif_out")]
-            out += [f"stage{s}_gwffn{b}/{x}" for x in ("up_lif", "conv_lif", "down_lif")]
-    return out
+def _reads_spikes(c: architecture.Conv) -> bool:
+    return c.spikes_from is not None
 
 
 def weight_shapes(arch: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
     """Name → shape of every tensor of the deploy form of the architecture ``arch`` (the model config keys)."""
     shapes = {}
-    for c in _convs(arch):
-        shapes[f"{c.path}/kernel"] = (c.k, c.k, c.cin // c.groups, c.cout)
+    for c in architecture.convs(arch):
+        shapes[f"{c.path}/kernel"] = c.kernel_shape
         shapes[f"{c.path}/bias"] = (c.cout,)
     if arch["activation"] == "PLIF":
-        shapes.update({f"{n}/w": () for n in _neurons(arch)})
+        shapes.update({f"{n.path}/w": () for n in architecture.neurons(arch)})
     shapes["classifier/kernel"] = (arch["planes"][-1], arch["num_classes"])
     return shapes
 
@@ -198,38 +163,40 @@ def forward(graph: Mapping[str, Any], w: Mapping[str, jax.Array], x: jax.Array, 
             counts.setdefault(module, {})[neuron] = entry
         return s
 
-    def conv(c: _Conv, s: jax.Array) -> jax.Array:
+    def conv(c: architecture.Conv, s: jax.Array) -> jax.Array:
         kernel = w[f"{c.path}/kernel"].astype(dtype)
-        if c.spikes and impl == "events":            # the event kernels visit the spikes only, read as bytes
+        spikes = _reads_spikes(c)
+        if spikes and impl == "events":              # the event kernels visit the spikes only, read as bytes
             lead = s.shape[:-3]
             s = _spike_operand(c.path, s).astype(kernels.BYTES).reshape((-1,) + s.shape[-3:])
             y = kernels.conv(s, kernel, c.stride, c.padding)
             y = y.reshape(lead + y.shape[1:])
         else:
-            if c.spikes:
+            if spikes:
                 s = _spike_operand(c.path, s).astype(dtype)
-            y = conv2d(s, kernel, c.stride, c.padding, c.groups, conv_lowering(impl, c.spikes))
+            y = conv2d(s, kernel, c.stride, c.padding, c.groups, conv_lowering(impl, spikes))
         return (y + w[f"{c.path}/bias"].astype(y.dtype)).astype(dtype)
 
-    convs = {c.path: c for c in _convs(arch)}
+    stem, *blocks = architecture.blocks(arch)
+    convs = {c.path: c for c in architecture.convs(arch)}
     if dvs:
-        h = conv(convs["stem"], jnp.swapaxes(x, 0, 1))                       # [T, B, H, W, D1]
+        h = conv(stem.convs[0], jnp.swapaxes(x, 0, 1))                       # [T, B, H, W, D1]
     else:
-        h = conv(convs["stem"], x)                                           # [B, H, W, D1], once for all T
+        h = conv(stem.convs[0], x)                                           # [B, H, W, D1], once for all T
     if arch["prologue"] == "default":
         h = max_pool(h, 3, 2, 1)
     if not dvs:
         h = jnp.broadcast_to(h[None], (T,) + h.shape)                        # direct encoding
-    for i, (n, c, heads) in enumerate(zip(arch["blocks"], arch["planes"], arch["num_heads"])):
-        s = i + 1
-        if i:
-            h = conv(convs[f"stage{s}_downsample/conv"], lif(f"stage{s}_downsample/lif", h))
-        for b in range(1, n + 1):
-            h = _dssa(f"stage{s}_dssa{b}", h, heads, thresholds, lif, conv, convs, impl)
-            name = f"stage{s}_gwffn{b}"
-            u = conv(convs[f"{name}/up"], lif(f"{name}/up_lif", h))
-            u = conv(convs[f"{name}/conv"], lif(f"{name}/conv_lif", u)) + u
-            h = conv(convs[f"{name}/down"], lif(f"{name}/down_lif", u)) + h
+    for b in blocks:
+        if b.kind == "downsample":
+            h = conv(b.convs[0], lif(b.neurons[0].path, h))
+        elif b.kind == "dssa":
+            h = _dssa(b.path, h, b.heads, thresholds, lif, conv, convs, impl)
+        else:
+            up, inner, down = b.convs
+            u = conv(up, lif(up.spikes_from, h))
+            u = conv(inner, lif(inner.spikes_from, u)) + u
+            h = conv(down, lif(down.spikes_from, u)) + h
     pooled = jnp.mean(h, axis=(2, 3))                                        # [T, B, D3]
     logits = dot("tbc,ck->tbk", pooled, w["classifier/kernel"].astype(dtype))
     return (logits, {SPIKE_COUNTS: counts}) if count_spikes else logits
@@ -275,23 +242,24 @@ def fold(model, variables: Mapping[str, Any], conv_impl: str | None = None) -> D
     arch = model.config()
     params, stats, rates = variables["params"], variables["batch_stats"], variables["firing_rates"]
     weights = {}
-    for c in _convs(arch):
+    for c in architecture.convs(arch):
         p, st = _at(params, c.path), _at(stats, c.path)
         scale = p["bn"]["scale"] * jax.lax.rsqrt(st["bn"]["var"] + BN_EPS)                 # γ/σ per channel
         weights[f"{c.path}/kernel"] = p["kernel"] * scale
         weights[f"{c.path}/bias"] = p["bn"]["bias"] - st["bn"]["mean"] * scale
     if arch["activation"] == "PLIF":
-        for n in _neurons(arch):
-            weights[f"{n}/w"] = _at(params, n)["w"]
+        for n in architecture.neurons(arch):
+            weights[f"{n.path}/w"] = _at(params, n.path)["w"]
     weights["classifier/kernel"] = params["classifier"]["kernel"]
     hw = model.stage_sizes(model.img_size)
     thresholds = {}
-    for i, (n, c, heads, p) in enumerate(zip(arch["blocks"], arch["planes"], arch["num_heads"], arch["patch_sizes"])):
-        n_kv = (hw[i][0] // p) * (hw[i][1] // p)
-        for b in range(1, n + 1):
-            r = rates[f"stage{i + 1}_dssa{b}"]
-            thresholds[f"stage{i + 1}_dssa{b}"] = {
-                "lif_attn": [math.sqrt(float(v) * (c // heads)) for v in np.asarray(r["firing_rate_x"], np.float64)],
+    for b in architecture.blocks(arch):
+        if b.kind == "dssa":
+            r, (h, w) = rates[b.path], hw[b.stage - 1]
+            n_kv = (h // b.patch) * (w // b.patch)
+            thresholds[b.path] = {
+                "lif_attn": [math.sqrt(float(v) * (b.channels // b.heads))
+                             for v in np.asarray(r["firing_rate_x"], np.float64)],
                 "lif_out": [math.sqrt(float(v) * n_kv) for v in np.asarray(r["firing_rate_attn"], np.float64)]}
     size = (model.img_size, model.img_size)
     graph = {"format": FORMAT, "model": arch, "conv_impl": conv_impl or model.conv_impl,
@@ -348,16 +316,8 @@ def load(path: str | os.PathLike, conv_impl: str = "auto") -> DeployedModel:
         weights = load_file(str(path / WEIGHTS))
     except (SafetensorError, OSError) as e:
         raise DeployFileError(f"{path / WEIGHTS}: not a readable safetensors file ({e})") from None
-    want = weight_shapes(graph["model"])
-    missing = sorted(set(want) - set(weights))
-    unexpected = sorted(set(weights) - set(want))
-    misshaped = sorted(f"{k}: expected {list(want[k])}, got {list(weights[k].shape)}"
-                       for k in set(want) & set(weights) if tuple(weights[k].shape) != want[k])
-    if missing or unexpected or misshaped:
-        lines = ([f"  missing: {k}" for k in missing] + [f"  unexpected: {k}" for k in unexpected]
-                 + [f"  mis-shaped: {k}" for k in misshaped])
-        raise DeployFileError(f"{path / WEIGHTS} does not match its graph ({len(missing)} missing, {len(unexpected)} "
-                              f"unexpected, {len(misshaped)} mis-shaped):\n" + "\n".join(lines))
+    trees.check_fits(weight_shapes(graph["model"]), weights, f"{path / WEIGHTS} does not match its graph",
+                     DeployFileError)
     graph.pop("tensors", None)
     dtype = graph.get("dtype") and jnp.dtype(graph["dtype"])
     graph["conv_impl"] = resolve_conv_impl(conv_impl, dtype)

@@ -67,12 +67,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from .interop import official_name
+from . import architecture
+from .architecture import official_module
 from .model import SpikingResformer
 from .neurons import SPIKE_COUNTS
 
@@ -102,49 +102,24 @@ class SynapticLayer:
     groups: int = 1
 
 
-def _module_name(path: tuple[str, ...]) -> str:
-    """Official name of a Flax module path (conv, neuron or block)."""
-    return official_name(path + ("__leaf__",))[: -len(".__leaf__")]
-
-
 def neuron_name(path: Iterable[str]) -> str:
     """Official module name of a neuron's Flax path, e.g. ("stage1_dssa1", "lif_in") → layers.0.0.activation_in."""
-    return _module_name(tuple(path))
-
-
-def _blocks(model: SpikingResformer):
-    """(Flax block name, kind, C, C_prev, heads, p) in forward order."""
-    prev = model.planes[0]
-    for i, (n, c, h, p) in enumerate(zip(model.blocks, model.planes, model.num_heads, model.patch_sizes)):
-        s = i + 1
-        if i:
-            yield f"stage{s}_downsample", "downsample", c, prev, h, p
-        for k in range(1, n + 1):
-            yield f"stage{s}_dssa{k}", "dssa", c, prev, h, p
-            yield f"stage{s}_gwffn{k}", "gwffn", c, prev, h, p
-        prev = c
+    return official_module("/".join(path))
 
 
 def synaptic_layers(model: SpikingResformer) -> list[SynapticLayer]:
     """The SOP-counted layers of ``model`` in forward order (official ``SOPMonitor`` set: every conv, linear
-    and matmul except ``prologue.0`` and ``classifier``)."""
+    and matmul except ``prologue.0`` and ``classifier``; ``architecture.synapses``)."""
     out = []
-    for blk, kind, c, prev, h, p in _blocks(model):
-        L = lambda sub, neuron, **kw: SynapticLayer(_module_name((blk, sub)), (blk, neuron), **kw)  # noqa: E731
-        if kind == "downsample":
-            out.append(L("conv", "lif", kind="conv", features=c, kernel=3, stride=2, padding=1))
-        elif kind == "dssa":
-            prefix = _module_name((blk,))
-            out += [L("kv", "lif_in", kind="conv", features=2 * c, kernel=p, stride=p),
-                    SynapticLayer(prefix + ".matmul1", (blk, "lif_in"), "matmul1", features=h, kernel=p),
-                    SynapticLayer(prefix + ".matmul2", (blk, "lif_attn"), "matmul2", features=c // h),
-                    L("proj", "lif_out", kind="conv", features=c)]
+    for x in architecture.synapses(model):
+        neuron = tuple(x.spikes_from.split("/"))
+        if isinstance(x, architecture.Product):
+            out.append(SynapticLayer(x.official, neuron, "matmul1", features=x.heads, kernel=x.patch)
+                       if x.path.endswith("matmul1") else
+                       SynapticLayer(x.official, neuron, "matmul2", features=x.head_dim))
         else:
-            inner = 4 * c
-            out += [L("up", "up_lif", kind="conv", features=inner),
-                    L("conv", "conv_lif", kind="conv", features=inner, kernel=3, padding=1,
-                      groups=inner // model.group_size),
-                    L("down", "down_lif", kind="conv", features=c)]
+            out.append(SynapticLayer(x.official, neuron, "conv", features=x.cout, kernel=x.kernel, stride=x.stride,
+                                     padding=x.padding, groups=x.groups))
     return out
 
 
@@ -256,20 +231,11 @@ def count_sops(model: SpikingResformer, spike_counts: Mapping, batch_size: int) 
     return {k: v / batch_size for k, v in sop_totals(model, spike_counts).items()}
 
 
-# Position of each neuron inside its block (forward order).
-_NEURON_RANK = {"lif": 0, "lif_in": 0, "lif_attn": 1, "lif_out": 2, "up_lif": 0, "conv_lif": 1, "down_lif": 2}
-
-
-def _forward_key(path: tuple[str, ...]):
-    block = _module_name(path[:1]) if path else ""
-    return ([int(t) if t.isdigit() else t for t in re.split(r"(\d+)", block)],
-            _NEURON_RANK.get(path[-1], 9) if path else 0, path)
-
-
 def spike_totals(spike_counts: Mapping) -> dict[str, tuple[int, int]]:
     """{official neuron name: (#spikes, #elements)} in forward order."""
     counts = spike_counts if _is_host(spike_counts) else host_counts(spike_counts)
-    return {neuron_name(p): (counts[p]["total"], counts[p]["numel"]) for p in sorted(counts, key=_forward_key)}
+    return {neuron_name(p): (counts[p]["total"], counts[p]["numel"])
+            for p in sorted(counts, key=lambda p: architecture.forward_key("/".join(p)))}
 
 
 def firing_rates(spike_counts: Mapping) -> dict[str, float]:
@@ -293,40 +259,22 @@ def dense_macs(model: SpikingResformer, img_size: int | tuple[int, int] | None =
     ``prologue.0`` and ``classifier`` included).
     """
     h, w = _hw(model.img_size if img_size is None else img_size)
-    sizes = model.stage_sizes((h, w))           # raises if a patch size does not divide a stage
+    sizes = [(h, w)] + model.stage_sizes((h, w))    # the input, then each stage (raises if a patch does not divide)
     layers: dict[str, int] = {}
-    bn = 0
-    c0 = model.planes[0]
-    if model.prologue == "default":             # 7×7/2 pad 3 conv, then 3×3/2 max-pool (0 MACs)
-        ho, wo = (h + 1) // 2, (w + 1) // 2
-        layers["prologue.0"] = ho * wo * c0 * model.in_channels * 49
-    else:                                       # 3×3/1 pad 1 conv
-        ho, wo = h, w
-        layers["prologue.0"] = ho * wo * c0 * model.in_channels * 9
-    bn += ho * wo * c0
-    matmul = 0
-    stage_of = {f"stage{i + 1}": hw for i, hw in enumerate(sizes)}
-    for blk, kind, c, prev, heads, p in _blocks(model):
-        sh, sw = stage_of[blk.split("_")[0]]
-        hw = sh * sw
-        if kind == "downsample":                # 3×3/2 conv prev → c at the new stage's size
-            layers[_module_name((blk, "conv"))] = hw * c * prev * 9
-            bn += hw * c
-        elif kind == "dssa":
-            n_kv = (sh // p) * (sw // p)
-            prefix = _module_name((blk,))
-            layers[_module_name((blk, "kv"))] = n_kv * 2 * c * c * p * p
-            layers[prefix + ".matmul1"] = c * n_kv * hw   # [h, N', d] @ [h, d, HW]
-            layers[prefix + ".matmul2"] = c * n_kv * hw   # [h, d, N'] @ [h, N', HW]
-            layers[_module_name((blk, "proj"))] = hw * c * c
-            matmul += 2 * c * n_kv * hw
-            bn += n_kv * 2 * c + hw * c
-        else:
-            inner = 4 * c
-            layers[_module_name((blk, "up"))] = hw * inner * c
-            layers[_module_name((blk, "conv"))] = hw * inner * model.group_size * 9
-            layers[_module_name((blk, "down"))] = hw * c * inner
-            bn += 2 * hw * inner + hw * c
+    bn = matmul = 0
+    for x in architecture.blocks(model):
+        for layer in x.layers:
+            if isinstance(layer, architecture.Conv):  # output size, MACs (the stem's max-pool: 0), BN inputs
+                ih, iw = sizes[layer.stage]           # the input, or the stage whose feature map it reads
+                oh = (ih + 2 * layer.padding - layer.kernel) // layer.stride + 1
+                ow = (iw + 2 * layer.padding - layer.kernel) // layer.stride + 1
+                layers[layer.official] = oh * ow * layer.cout * (layer.cin // layer.groups) * layer.kernel ** 2
+                bn += oh * ow * layer.cout
+            elif isinstance(layer, architecture.Product):   # [h, N', d] @ [h, d, HW] and [h, d, N'] @ [h, N', HW]
+                ih, iw = sizes[layer.stage]
+                n_kv = (ih // layer.patch) * (iw // layer.patch)
+                layers[layer.official] = layer.heads * layer.head_dim * n_kv * ih * iw
+                matmul += layers[layer.official]
     layers["classifier"] = model.planes[-1] * model.num_classes
     stem, cls = layers["prologue.0"], layers["classifier"]
     total = sum(layers.values())

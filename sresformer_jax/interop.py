@@ -9,7 +9,6 @@ is dropped on the way in and restored (as ``num_batches_tracked``, default 0) on
 """
 from __future__ import annotations
 
-import re
 from typing import Any, Mapping
 
 import jax
@@ -17,16 +16,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import trees
+from .architecture import official_module
 from .model import SpikingResformer, dummy_input
 
 _BN_LEAF = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
-# Flax module name inside a block → official sub-module name.
-_DSSA = {"lif_in": "activation_in", "kv": "W", "kv/bn": "norm", "lif_attn": "activation_attn",
-         "lif_out": "activation_out", "proj": "Wproj", "proj/bn": "norm_proj"}
-_GWFFN = {"up_lif": "up.0", "up": "up.1", "up/bn": "up.2", "conv_lif": "conv.0.0", "conv": "conv.0.1",
-          "conv/bn": "conv.0.2", "down_lif": "down.0", "down": "down.1", "down/bn": "down.2"}
-_DOWN = {"lif": "activation", "conv": "conv", "conv/bn": "norm"}
-_STEM = {"stem": "prologue.0", "stem/bn": "prologue.1"}
 
 
 def _to_numpy(v: Any) -> np.ndarray:
@@ -35,37 +28,16 @@ def _to_numpy(v: Any) -> np.ndarray:
     return np.asarray(v)
 
 
-def _block_index(stage: int, kind: str, k: int) -> int:
-    """Position of a block inside official ``layers[stage - 1]`` (a downsample leads stages 2 and 3)."""
-    first = 0 if stage == 1 else 1
-    if kind == "downsample":
-        return 0
-    return first + 2 * (k - 1) + (0 if kind == "dssa" else 1)
-
-
 def official_name(path: tuple[str, ...]) -> str:
-    """Flax leaf path (without the collection) → official state-dict name."""
+    """Flax leaf path (without the collection) → official state-dict name: the module's official name
+    (``architecture.official_module``) and the leaf's (a BatchNorm wrapper's bn.weight, bn.bias, bn.running_mean,
+    bn.running_var; a kernel's weight; firing-rate buffers and PLIF's ``w`` as they are)."""
     *mods, leaf = path
-    bn = bool(mods) and mods[-1] == "bn"
-    if bn:
-        mods, leaf = mods[:-1], "bn." + _BN_LEAF[leaf]
+    if mods and mods[-1] == "bn":
+        leaf = "bn." + _BN_LEAF[leaf]
     elif leaf == "kernel":
         leaf = "weight"
-    top = mods[0] if mods else leaf
-    if top == "classifier":
-        return "classifier.weight"
-    if top == "stem":
-        return f"{_STEM['stem/bn' if bn else 'stem']}.{leaf}"
-    m = re.fullmatch(r"stage(\d+)_(dssa|gwffn|downsample)(\d*)", top)
-    if not m:
-        raise KeyError(f"no official name for Flax path {'/'.join(path)}")
-    stage, kind, k = int(m.group(1)), m.group(2), int(m.group(3) or 0)
-    prefix = f"layers.{stage - 1}.{_block_index(stage, kind, k)}"
-    if len(mods) == 1:  # firing-rate buffers live on the DSSA itself
-        return f"{prefix}.{leaf}"
-    table = {"dssa": _DSSA, "gwffn": _GWFFN, "downsample": _DOWN}[kind]
-    sub = "/".join(mods[1:]) + ("/bn" if bn else "")
-    return f"{prefix}.{table[sub]}.{leaf}"
+    return f"{official_module('/'.join(mods))}.{leaf}"
 
 
 def _to_official_array(name: str, v: np.ndarray) -> np.ndarray:
@@ -109,17 +81,9 @@ def from_official(cfg: Mapping[str, Any], state_dict: Mapping[str, Any], dtype=j
     model = SpikingResformer.from_config(cfg, dtype=dtype, param_dtype=dtype, conv_impl=conv_impl)
     table = name_table(model)
     given = {k: v for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
-    missing = sorted(set(table) - set(given))
-    unexpected = sorted(set(given) - set(table))
-    misshaped = sorted(f"{k}: expected {list(table[k][1])}, got {list(np.shape(_to_numpy(given[k])))}"
-                       for k in set(table) & set(given) if tuple(np.shape(_to_numpy(given[k]))) != table[k][1])
-    if missing or unexpected or misshaped:
-        parts = [f"{len(missing)} missing: {missing}" if missing else "",
-                 f"{len(unexpected)} unexpected: {unexpected}" if unexpected else "",
-                 f"{len(misshaped)} mis-shaped: {misshaped}" if misshaped else ""]
-        raise ValueError("state dict does not match the model config "
-                         f"(planes={list(model.planes)}, num_classes={model.num_classes}, "
-                         f"activation={model.activation}): " + "; ".join(p for p in parts if p))
+    trees.check_fits({k: shape for k, (_, shape) in table.items()}, given,
+                     f"the state dict does not match the model config (planes={list(model.planes)}, "
+                     f"num_classes={model.num_classes}, activation={model.activation})")
     flat = {path: jnp.asarray(_from_official_array(name, _to_numpy(given[name])), dtype)
             for name, (path, _) in table.items()}
     return model, trees.unflatten(flat)

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 from jax.ad_checkpoint import checkpoint_name
 
-from . import trees
+from . import architecture, trees
 from .attention import DSSA, FIRING_RATES, FiringRatesNotSetError, check_firing_rates
 from .ffn import GWFFN
 from .layers import ConvBN, Dtype, Neuron, max_pool, trunc_normal_init
@@ -228,29 +228,39 @@ class SpikingResformer(nn.Module):
         lowered = dict(kw, conv_impl=self.conv_impl, bn_group_size=self.bn_group_size, axis_name=self.axis_name)
         dtype = self.dtype or x.dtype
         x = x.astype(dtype)
+        first, *rest = architecture.blocks(self)
+
         def stem(mdl, x):                                                     # image → [B, H', W', D1]
-            k, stride, pad = (7, 2, 3) if self.prologue == "default" else (3, 1, 1)
-            conv = ConvBN(self.planes[0], k, stride=stride, padding=pad, name="stem", parent=mdl, **lowered)
+            c = first.convs[0]
+            conv = ConvBN(c.cout, c.kernel, stride=c.stride, padding=c.padding, name=c.path, parent=mdl, **lowered)
             if self.dvs:
                 x = conv(jnp.swapaxes(x, 0, 1), train)                       # [T, B, H, W, D1]
             else:
                 x = conv(x, train, repeat=self.T)                             # [B, H, W, D1], once for all T
             return max_pool(x, 3, 2, 1) if self.prologue == "default" else x
 
-        def block(mdl, x, s, k, c, h, p):                                     # one SpikingResformer block
+        def block(mdl, x, parts):                      # a stage's downsample (before its first block), DSSA, GWFFN
             if x.ndim == 4:                    # direct encoding, here so that a remat region keeps [B, ...] once
                 x = jnp.broadcast_to(x[None], (self.T,) + x.shape)            # [T, B, H, W, C]
-            if s > 1 and k == 1:
-                x = Downsample(c, self.activation, name=f"stage{s}_downsample", parent=mdl, **lowered)(x, train)
-            x = DSSA(c, h, p, self.activation, name=f"stage{s}_dssa{k}", parent=mdl, **lowered)(x, train)
-            return GWFFN(c, group_size=self.group_size, neuron=self.activation, name=f"stage{s}_gwffn{k}",
-                         parent=mdl, **lowered)(x, train)
+            for b in parts:
+                if b.kind == "downsample":
+                    x = Downsample(b.channels, self.activation, name=b.path, parent=mdl, **lowered)(x, train)
+                elif b.kind == "dssa":
+                    x = DSSA(b.channels, b.heads, b.patch, self.activation, name=b.path, parent=mdl, **lowered)(
+                        x, train)
+                else:
+                    x = GWFFN(b.channels, group_size=self.group_size, neuron=self.activation, name=b.path,
+                              parent=mdl, **lowered)(x, train)
+            return x
 
         x = self._region(stem)(self, x)
-        for i, (n, c, h, p) in enumerate(zip(self.blocks, self.planes, self.num_heads, self.patch_sizes)):
-            for k in range(1, n + 1):
+        parts = []
+        for b in rest:                                                        # in forward order
+            parts.append(b)
+            if b.kind == "gwffn":                                             # one SpikingResformer block
                 x = checkpoint_name(x, "block_input")                         # [T, B, H, W, C] ([B, ...] first)
-                x = self._region(functools.partial(block, s=i + 1, k=k, c=c, h=h, p=p))(self, x)
+                x = self._region(functools.partial(block, parts=tuple(parts)))(self, x)
+                parts = []
         x = jnp.mean(x, axis=(2, 3))                                          # [T, B, D3]
         return nn.Dense(self.num_classes, use_bias=False, kernel_init=trunc_normal_init(0.02),
                         dot_general=_named_param_copy, name="classifier", **kw)(x)   # [T, B, classes]
@@ -303,11 +313,19 @@ def dummy_input(model: SpikingResformer, batch: int = 1, dtype=jnp.float32) -> j
     return jnp.zeros((batch, model.T) + hw if model.dvs else (batch,) + hw, dtype)
 
 
+def init_key(rng: jax.Array) -> jax.Array:
+    """The key the initializers draw from: an "rbg" key (XLA's RngBitGenerator) derived from ``rng``, so the values
+    are a function of ``rng``. Drawing the model's sixty-odd initial tensors from threefry compiles in about 15 s on
+    XLA:CPU, from rbg in well under one."""
+    return jax.random.wrap_key_data(jax.random.bits(rng, (4,), jnp.uint32), impl="rbg")
+
+
 def init_variables(model: SpikingResformer, rng: jax.Array, x: jax.Array | None = None) -> dict:
-    """Initialised variables (params, batch_stats, firing_rates = 0), jitted. Weights as the official
-    ``init_weight``: conv/linear kernels trunc_normal(0.02), BN γ = 1, β = 0, PLIF w = 0."""
+    """Initialised variables (params, batch_stats, firing_rates = 0), jitted; the initializers draw from
+    ``init_key(rng)``. Weights as the official ``init_weight``: conv/linear kernels trunc_normal(0.02), BN γ = 1,
+    β = 0, PLIF w = 0."""
     x = dummy_input(model, dtype=model.param_dtype) if x is None else x
-    return jax.jit(lambda r, x: model.init(r, x, train=False))(rng, x)
+    return jax.jit(lambda r, x: model.init(init_key(r), x, train=False))(rng, x)
 
 
 def calibrate(model: SpikingResformer, variables: Mapping, x: jax.Array,
@@ -315,14 +333,20 @@ def calibrate(model: SpikingResformer, variables: Mapping, x: jax.Array,
     """One training-mode forward (no weight update) whose updated state replaces ``collections``.
 
     Sets the DSSA firing-rate statistics of a fresh model (the official model's buffers after one
-    training forward), so that it can be evaluated without dividing by zero.
+    training forward), so that it can be evaluated without dividing by zero. ``x`` must make the first DSSA's
+    input neurons fire (real images or frames do; an all-zero input leaves every rate at zero). The forward is
+    compiled once per model and input shape.
     """
-    apply = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=list(STATE_COLLECTIONS))[1])
-    new_state = apply(variables, x)
+    new_state = _training_state(model, variables, x)
     out = dict(variables)
     for c in collections:
         out[c] = new_state[c]
     return out
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _training_state(model: SpikingResformer, variables: Mapping, x: jax.Array) -> dict:
+    return model.apply(variables, x, train=True, mutable=list(STATE_COLLECTIONS))[1]
 
 
 def check_calibrated(variables: Mapping) -> None:
@@ -338,4 +362,4 @@ def count_params(params: Mapping, include_bn: bool = True) -> int:
 
 __all__ = ["SpikingResformer", "Downsample", "VARIANTS", "CONFIG_KEYS", "TRAINING_MODEL_KEYS", "PRECISIONS",
            "BATCH_STATS", "FIRING_RATES", "STATE_COLLECTIONS", "FiringRatesNotSetError", "config_for", "create_model",
-           "build_model", "dummy_input", "init_variables", "calibrate", "check_calibrated", "count_params"]
+           "build_model", "dummy_input", "init_key", "init_variables", "calibrate", "check_calibrated", "count_params"]

@@ -1,9 +1,10 @@
 """Shared fixtures and helpers: the golden files (numbers from the official PyTorch model, copied from shared/golden),
 the command-line runs that many tests share, and one persistent XLA compilation cache for the whole test run.
 
-The cache: every program the run compiles (in this process and in every ``train.py``/``eval.py`` subprocess, which
-inherit the environment) is kept in a temporary directory, so that the same tiny training step is compiled once per
-test run rather than once per subprocess. Set ``JAX_COMPILATION_CACHE_DIR`` to keep one across runs.
+The cache: every program the run compiles (in this process, in pytest-xdist's workers and in every
+``train.py``/``eval.py`` subprocess, which all inherit the environment) is kept in one temporary directory, so that the
+same tiny training step is compiled once per test run rather than once per process. Set ``JAX_COMPILATION_CACHE_DIR``
+to keep one across runs.
 """
 from __future__ import annotations
 
@@ -14,11 +15,15 @@ import tempfile
 
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:        # before jax is imported: jax reads these at import
     _CACHE = tempfile.mkdtemp(prefix="sresformer-test-xla-cache-")
-    atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+    atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)   # by the process that made it (xdist's controller)
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+# The suite runs on the CPU (set JAX_PLATFORMS to test another backend); this also keeps an installed libtpu, which the
+# TPU compile test uses in a subprocess, from being initialised (and locked) by the test process.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 
+import functools  # noqa: E402
 import json  # noqa: E402
 import socket  # noqa: E402
 import subprocess  # noqa: E402
@@ -27,6 +32,7 @@ from pathlib import Path  # noqa: E402
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
+import optax  # noqa: E402
 import pytest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -161,3 +167,60 @@ def two_processes_long(tmp_path_factory):
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-6000:]
     return wd, outs
+
+
+# ----------------------------------------------------------------------------- the golden models, compiled once
+# Exactness is checked on the results (float64 to 1e-8, integer spike counts), so these programs are compiled with
+# cheap LLVM optimisation.
+GOLDEN_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+
+@functools.lru_cache(maxsize=None)
+def golden_model(name: str, conv_impl: str = "auto"):
+    """float64: a golden file, our model of its config with the official initial variables, and the two programs the
+    golden, energy and deploy tests run on it, jitted once per file and lowering: ``train(params, state, x, y)`` →
+    (loss, logits, grads, new state, spike counts), the same without the gradients ``forward``, and
+    ``evaluate(variables, x)`` → (logits, spike counts)."""
+    from sresformer_jax import interop
+    from sresformer_jax.model import STATE_COLLECTIONS
+    from sresformer_jax.neurons import SPIKE_COUNTS
+    with jax.enable_x64(True):
+        g = load_golden(name)
+        model, variables = interop.from_official(g["config"], g["init"], dtype=jax.numpy.float64, conv_impl=conv_impl)
+
+    def loss_fn(params, state, x, y):
+        logits, new = model.apply({"params": params, **state}, x, train=True, mutable=[*STATE_COLLECTIONS, SPIKE_COUNTS])
+        return optax.softmax_cross_entropy_with_integer_labels(logits.mean(0), y).mean(), (logits, new)
+
+    def train(params, state, x, y):
+        (loss, (logits, new)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, state, x, y)
+        counts = new.pop(SPIKE_COUNTS)
+        return loss, logits, grads, new, counts
+
+    def forward(params, state, x, y):
+        loss, (logits, new) = loss_fn(params, state, x, y)
+        counts = new.pop(SPIKE_COUNTS)
+        return loss, logits, None, new, counts
+
+    def evaluate(variables, x):
+        logits, st = model.apply(variables, x, train=False, mutable=[SPIKE_COUNTS])
+        return logits, st[SPIKE_COUNTS]
+
+    jit = functools.partial(jax.jit, compiler_options=GOLDEN_COMPILE)
+    return g, model, variables, {"train": jit(train), "forward": jit(forward), "evaluate": jit(evaluate)}
+
+
+@functools.lru_cache(maxsize=None)
+def golden_step(name: str, conv_impl: str = "auto", grads: bool = True) -> dict:
+    """float64: the official training step of a golden file through our model (from the official initial state;
+    without ``grads``, only its forward), then the evaluation from the state it leaves; host arrays."""
+    from sresformer_jax.model import STATE_COLLECTIONS
+    g, model, variables, programs = golden_model(name, conv_impl)
+    with jax.enable_x64(True):
+        x, y = jax.numpy.asarray(g["x"], jax.numpy.float64), jax.numpy.asarray(g["y"])
+        step = programs["train" if grads else "forward"]
+        loss, logits, grads, new, counts = step(variables["params"], {c: variables[c] for c in STATE_COLLECTIONS},
+                                                x, y)
+        eval_logits, eval_counts = programs["evaluate"]({"params": variables["params"], **new}, x)
+        return jax.device_get({"loss": float(loss), "train_logits": logits, "grads": grads, "new_state": new,
+                               "train_counts": counts, "eval_logits": eval_logits, "eval_counts": eval_counts})

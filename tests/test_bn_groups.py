@@ -11,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-from sresformer_jax.model import STATE_COLLECTIONS, SpikingResformer
+from sresformer_jax.model import STATE_COLLECTIONS, SpikingResformer, init_variables
 from sresformer_jax.ops import batch_norm_train
 
 SMALL = dict(blocks=(1, 1, 1), planes=(8, 16, 32), num_heads=(1, 2, 4), patch_sizes=(4, 2, 1), img_size=16,
@@ -51,7 +51,8 @@ def _loss_and_state(model, variables, x, y):
     return value, logits, state, grads
 
 
-@pytest.mark.parametrize("cfg", [SMALL, pytest.param(DVS, marks=pytest.mark.slow)], ids=["static", "dvs"])
+@pytest.mark.slow
+@pytest.mark.parametrize("cfg", [SMALL, DVS], ids=["static", "dvs"])
 def test_grouped_model_equals_the_model_on_each_group(x64, cfg):
     """Two training steps' forwards of a batch of 3 groups of 2 images: the grouped model's logits, loss and
     gradients equal the ungrouped model's on each group (the mean of their losses and gradients), its batch
@@ -64,7 +65,7 @@ def test_grouped_model_equals_the_model_on_each_group(x64, cfg):
     x = jax.random.normal(jax.random.PRNGKey(1), shape, jnp.float64)
     x = (x > 0.5).astype(jnp.float64) if cfg["dvs"] else x
     y = jnp.arange(g * groups) % 5
-    variables = jax.jit(lambda k: plain.init(k, x[:g], train=True))(jax.random.PRNGKey(0))
+    variables = init_variables(plain, jax.random.PRNGKey(0), x[:g])
     for _ in range(2):
         loss, logits, state, grads = _loss_and_state(grouped, variables, x, y)
         per_group = [_loss_and_state(plain, variables, x[i * g:(i + 1) * g], y[i * g:(i + 1) * g])

@@ -2,7 +2,6 @@
 SOPs), spike-driven by construction, exported and loaded without Flax, and bad files refused by name."""
 from __future__ import annotations
 
-import functools
 import os
 import subprocess
 import sys
@@ -11,42 +10,36 @@ import textwrap
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
-from sresformer_jax import deploy, energy, interop
-from sresformer_jax.model import STATE_COLLECTIONS
-from sresformer_jax.neurons import SPIKE_COUNTS
+from sresformer_jax import deploy, energy
 
-from conftest import GOLDEN_FILES, load_golden, run
+from conftest import GOLDEN_FILES, golden_model, golden_step, run
 
-IMPLS = ["xla"] + (["events"] if jax.default_backend() == "cpu" else [])
+IMPLS = ["xla"] + (["auto"] if jax.default_backend() == "cpu" else [])       # auto: the event kernels on CPU
 
 
-@functools.lru_cache(maxsize=None)
 def _trained(name: str, impl: str):
-    """A golden model after the official training step (so that BN statistics and firing rates are set), float64."""
-    g = load_golden(name)
-    model, v = interop.from_official(g["config"], g["init"], dtype=jnp.float64, conv_impl=impl)
-    x, y = jnp.asarray(g["x"], jnp.float64), jnp.asarray(g["y"])
-
-    def loss(p):
-        logits, new = model.apply({**v, "params": p}, x, train=True, mutable=list(STATE_COLLECTIONS))
-        return optax.softmax_cross_entropy_with_integer_labels(logits.mean(0), y).mean(), new
-
-    _, new = jax.jit(loss)(v["params"])
-    return g, model, {"params": v["params"], **new}, x
+    """A golden model after the official training step (so that BN statistics and firing rates are set), float64;
+    its evaluation (logits, spike counts) from the programs the golden tests compile (``conftest.golden_model``)."""
+    g, model, v, _ = golden_model(name, impl)
+    r = golden_step(name, impl, grads=impl == "auto")
+    variables = {"params": v["params"], **jax.tree.map(jnp.asarray, r["new_state"])}
+    return g, model, variables, jnp.asarray(g["x"], jnp.float64), (r["eval_logits"], r["eval_counts"])
 
 
-@pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("name", GOLDEN_FILES)
+# the fast subset (pytest -m "not slow") folds one file on the platform's default lowering; the others are slow
+FOLD_CASES = [pytest.param(name, impl, marks=() if (name, impl) == ("cifar_style_lif_t4.npz", IMPLS[-1]) else
+                           pytest.mark.slow) for name in GOLDEN_FILES for impl in IMPLS]
+
+
+@pytest.mark.parametrize("name,impl", FOLD_CASES)
 def test_the_fold_is_exact_on_every_golden_file_float64(name, impl, x64):
     """Logits equal the training form's evaluation to 1e-9 (and the official evaluation logits to 1e-8), every
     neuron layer fires exactly the same number of spikes at every pixel, and the SOPs counted on the deploy form's
     own spikes equal the training form's."""
-    g, model, variables, x = _trained(name, impl)
+    g, model, variables, x, (ref, ref_counts) = _trained(name, impl)
     fn = deploy.fold(model, variables)
-    ref, ref_counts = jax.jit(lambda v, x: model.apply(v, x, train=False, mutable=[SPIKE_COUNTS]))(variables, x)
     logits, counts = fn(x, count_spikes=True)
     assert logits.shape == ref.shape and logits.dtype == jnp.float64
     np.testing.assert_allclose(logits, ref, rtol=0, atol=1e-9)
@@ -60,7 +53,7 @@ def test_the_fold_is_exact_on_every_golden_file_float64(name, impl, x64):
 
 
 def test_the_deploy_form_holds_no_batchnorm_and_no_scales(x64):
-    g, model, variables, x = _trained("cifar_style_lif_t4.npz", "xla")
+    g, model, variables, x, _ = _trained("cifar_style_lif_t4.npz", IMPLS[-1])
     fn = deploy.fold(model, variables)
     assert not any("bn" in k or "firing_rate" in k or "mean" in k or "var" in k for k in fn.weights)
     assert set(fn.weights) == set(deploy.weight_shapes(fn.graph["model"]))
@@ -74,7 +67,7 @@ def test_the_deploy_form_holds_no_batchnorm_and_no_scales(x64):
 def test_every_product_after_the_stem_must_take_spikes(monkeypatch, x64):
     """A non-binary operand (here: a neuron made to return its membrane-sized floats) is refused while tracing,
     naming the layer."""
-    g, model, variables, x = _trained("cifar_style_lif_t4.npz", "xla")
+    g, model, variables, x, _ = _trained("cifar_style_lif_t4.npz", IMPLS[-1])
     fn = deploy.fold(model, variables)
     monkeypatch.setattr(deploy, "_lif", lambda z, threshold, w: z * 0.5)
     with pytest.raises(deploy.NotSpikeDrivenError, match="stage1_dssa1/kv got a float64 operand"):
@@ -82,14 +75,15 @@ def test_every_product_after_the_stem_must_take_spikes(monkeypatch, x64):
 
 
 def test_other_resolutions_are_refused(x64):
-    g, model, variables, x = _trained("cifar_style_lif_t4.npz", "xla")
+    g, model, variables, x, _ = _trained("cifar_style_lif_t4.npz", IMPLS[-1])
     fn = deploy.fold(model, variables)
     with pytest.raises(ValueError, match="thresholds depend on the resolution"):
         fn(jnp.concatenate([x, x], axis=1))
 
 
+@pytest.mark.slow
 def test_export_and_load_round_trip_and_load_needs_no_flax(tmp_path, x64):
-    g, model, variables, x = _trained("dvs_style_plif_t8.npz", "xla")      # PLIF: the w scalars travel too
+    g, model, variables, x, _ = _trained("dvs_style_plif_t8.npz", IMPLS[-1])      # PLIF: the w scalars travel too
     fn = deploy.fold(model, variables)
     path = deploy.export(fn, tmp_path / "m.deploy")
     assert sorted(p.name for p in path.iterdir()) == ["graph.json", "weights.safetensors"]
@@ -119,7 +113,7 @@ def test_export_and_load_round_trip_and_load_needs_no_flax(tmp_path, x64):
 
 def test_bad_deploy_files_are_refused_with_the_names(tmp_path, x64):
     from safetensors.numpy import load_file, save_file
-    g, model, variables, x = _trained("cifar_style_lif_t4.npz", "xla")
+    g, model, variables, x, _ = _trained("cifar_style_lif_t4.npz", IMPLS[-1])
     path = deploy.export(deploy.fold(model, variables), tmp_path / "m.deploy")
     tensors = load_file(str(path / "weights.safetensors"))
     del tensors["stage2_gwffn1/conv/bias"]

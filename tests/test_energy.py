@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from sresformer_jax import energy, interop
-from sresformer_jax.model import STATE_COLLECTIONS, create_model
+from sresformer_jax.model import create_model
 from sresformer_jax.neurons import SPIKE_COUNTS
 
-from conftest import GOLDEN, GOLDEN_FILES, load_golden
+from conftest import GOLDEN, GOLDEN_FILES, golden_model, golden_step
 
 OFFICIAL_SOPS = json.loads((GOLDEN / "official_sops.json").read_text())
 MANIFEST = json.loads((GOLDEN / "official_state_dict_manifest.json").read_text())
@@ -105,34 +105,21 @@ def _strip_nbt(state: dict) -> dict:
     return {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
 
 
-# Exactness is checked on the results (eval logits, integer counts), so the forwards are compiled with
-# cheap XLA optimisation to keep this file fast on a small CPU.
-_FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
-
-
 @functools.lru_cache(maxsize=None)
 def _golden(name: str):
-    """One jitted call per golden file: the training forward from ``init`` and the evaluation forward from
-    the ``after_train`` state, both with spike counting. Returns host-side results."""
+    """The training forward from ``init`` and the evaluation forward from the official ``after_train`` state, both
+    with spike counting, on the programs the golden tests compile (``conftest.golden_model``). Host results."""
+    g, model, _, programs = golden_model(name)
+    r = golden_step(name)
     with jax.enable_x64(True):
-        g = load_golden(name)
-        model, init_vars = interop.from_official(g["config"], g["init"], dtype=jnp.float64)
         _, eval_vars = interop.from_official(g["config"], {**g["init"], **_strip_nbt(g["after_train"])},
                                              dtype=jnp.float64)
-
-        def forwards(v_train, v_eval, x):
-            _, train_state = model.apply(v_train, x, train=True,
-                                         mutable=list(STATE_COLLECTIONS) + [SPIKE_COUNTS])
-            logits, eval_state = model.apply(v_eval, x, train=False, mutable=[SPIKE_COUNTS])
-            return train_state[SPIKE_COUNTS], logits, eval_state
-
-        train_counts, logits, eval_state = jax.jit(forwards, compiler_options=_FAST_COMPILE)(
-            init_vars, eval_vars, jnp.asarray(g["x"], jnp.float64))
-        np.testing.assert_allclose(np.asarray(logits), g["eval_logits"], rtol=0, atol=1e-8)
-        eval_state = jax.tree_util.tree_map(np.asarray, eval_state)
-        return dict(model=model, batch=g["x"].shape[0], eval_state=eval_state,
-                    eval_counts=energy.host_counts(eval_state), train_counts=energy.host_counts(train_counts),
-                    spike_rates=g["spike_rates"])
+        logits, counts = programs["evaluate"](eval_vars, jnp.asarray(g["x"], jnp.float64))
+    np.testing.assert_allclose(np.asarray(logits), g["eval_logits"], rtol=0, atol=1e-8)
+    eval_state = {SPIKE_COUNTS: jax.tree_util.tree_map(np.asarray, counts)}
+    return dict(model=model, batch=g["x"].shape[0], eval_state=eval_state,
+                eval_counts=energy.host_counts(eval_state), train_counts=energy.host_counts(
+                    {SPIKE_COUNTS: r["train_counts"]}), spike_rates=g["spike_rates"])
 
 
 def _golden_eval(name: str):

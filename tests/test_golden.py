@@ -17,7 +17,7 @@ import pytest
 from sresformer_jax import interop
 from sresformer_jax.model import STATE_COLLECTIONS
 
-from conftest import FLOAT32_STABLE, GOLDEN_FILES, load_golden
+from conftest import FLOAT32_STABLE, GOLDEN_FILES, golden_step, load_golden
 
 
 def run_official_step(g: dict, dtype, with_grad: bool = True, conv_impl: str = "auto") -> dict:
@@ -43,16 +43,14 @@ def run_official_step(g: dict, dtype, with_grad: bool = True, conv_impl: str = "
             "after_train": interop.to_official(new_state, num_batches_tracked=1)}
 
 
-@functools.lru_cache(maxsize=None)
-def _result64(name: str):
-    with jax.enable_x64(True):
-        g = load_golden(name)
-        return g, run_official_step(g, jnp.float64)
-
-
 @pytest.fixture(scope="module", params=GOLDEN_FILES)
 def result64(request):
-    return _result64(request.param)
+    """float64: the official training step of each golden file, and the evaluation after it (the programs are
+    compiled once per file for the golden, energy and deploy tests: ``conftest.golden_step``)."""
+    name = request.param
+    r = golden_step(name)
+    return load_golden(name), {**r, "grad": interop.to_official({"params": r["grads"]}),
+                               "after_train": interop.to_official(r["new_state"], num_batches_tracked=1)}
 
 
 def test_train_logits_and_loss_float64(result64):

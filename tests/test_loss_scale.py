@@ -58,9 +58,10 @@ def fp16():
     step = jax.jit(functools.partial(train_step, model=model, tx=tx, schedule=schedule, config=cfg))
     batch = {"image": jax.random.normal(jax.random.PRNGKey(1), (4, 8, 8, 1)), "label": jnp.arange(4) % 4}
 
+    init = jax.jit(lambda rng, scale: create_train_state(model, tx, rng, (8, 8, 1), loss_scale=scale))
+
     def state(**scale):
-        return create_train_state(model, tx, jax.random.PRNGKey(0), (8, 8, 1),
-                                  loss_scale=make_loss_scale("float16", scale))
+        return init(jax.random.PRNGKey(0), make_loss_scale("float16", scale))
     return step, batch, state
 
 
@@ -76,6 +77,7 @@ def test_a_finite_float16_step_updates_and_counts(fp16):
     assert float(s2.loss_scale.scale) == 2.0 ** 17 and int(s2.loss_scale.counter) == 0   # grew after 2
 
 
+@pytest.mark.slow
 def test_an_overflowing_step_is_skipped_and_backs_off(fp16):
     """A scale so large that the float16 cotangents overflow: parameters and optimizer state are kept, the scale
     halves, the step still counts (the data moves on, as in PyTorch), and the loss reported is the true one."""

@@ -223,7 +223,7 @@ def test_remat_policies_give_the_same_loss_gradients_and_statistics(conv_impl):
     out = []
     for remat in ("none", "block", "convs"):
         model = SpikingResformer.from_config(cfg, remat=remat, conv_impl=conv_impl)
-        v = jax.jit(lambda k: model.init(k, x, train=True))(jax.random.PRNGKey(0))
+        v = init_variables(model, jax.random.PRNGKey(0), x)
 
         def loss(p, v=v, model=model):
             logits, st = model.apply({**v, "params": p}, x, train=True, mutable=["batch_stats", "firing_rates"])

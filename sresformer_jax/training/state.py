@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from ..model import init_key
 from .loss_scale import LossScale, make_loss_scale
 
 
@@ -31,7 +32,7 @@ def create_train_state(model, tx, rng: jax.Array, input_shape: tuple[int, ...], 
     (``loss_scale.make_loss_scale``) defaults to none."""
     init_rng, state_rng = jax.random.split(rng)
     x = jnp.zeros((1,) + tuple(input_shape), param_dtype)
-    variables = model.init(init_rng, x, train=False)
+    variables = model.init(init_key(init_rng), x, train=False)
     params = variables["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables["batch_stats"],
                       firing_rates=variables["firing_rates"], opt_state=tx.init(params), rng=state_rng,

@@ -22,7 +22,6 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from .. import checkpoint, trees
 from ..data import get_dataset
@@ -272,21 +271,18 @@ class WorkdirLock:
 
 def _transfer(state: TrainState, source: str | Path) -> TrainState:
     """The official ``transfer()``: every tensor but the classifier (BN statistics and firing rates too)."""
+    collections = ("params", "batch_stats", "firing_rates")
     _, variables = checkpoint.load_variables(source)
-    new = {}
-    for coll in ("params", "batch_stats", "firing_rates"):
-        mine = getattr(state, coll)
-        theirs = {k: v for k, v in variables.get(coll, {}).items() if k != "classifier"}
-        flat_mine, flat_theirs = trees.flatten(mine), trees.flatten(theirs)
-        bad = sorted(f"{coll}/{'/'.join(k)}" for k in flat_theirs
-                     if k in flat_mine and tuple(flat_mine[k].shape) != tuple(np.shape(flat_theirs[k])))
-        missing = sorted(f"{coll}/{'/'.join(k)}" for k in flat_mine if k not in flat_theirs and "classifier" not in k)
-        if bad or missing:
-            raise ValueError(f"init_from {source}: the checkpoint does not fit this model "
-                             f"(mis-shaped: {bad}; missing: {missing})")
-        new[coll] = trees.unflatten({k: jnp.asarray(flat_theirs[k], v.dtype) if k in flat_theirs else v
-                                     for k, v in flat_mine.items()})
-    return state.replace(**new)
+
+    def all_but_the_classifier(tree: dict) -> dict:
+        return {k: v for k, v in trees.paths(tree).items() if k.split("/")[1] != "classifier"}
+
+    theirs = all_but_the_classifier({c: variables.get(c, {}) for c in collections})
+    trees.check_fits(all_but_the_classifier({c: getattr(state, c) for c in collections}), theirs,
+                     f"init_from {source}: the checkpoint does not fit this model")
+    return state.replace(**{c: trees.unflatten({tuple(k.split("/")[1:]): jnp.asarray(theirs.get(k, v), v.dtype)
+                                                for k, v in trees.paths({c: getattr(state, c)}).items()})
+                            for c in collections})
 
 
 def _stored_config(workdir: Path) -> dict | None:
