@@ -83,7 +83,7 @@ def test_other_resolutions_are_refused(x64):
 
 @pytest.mark.slow
 def test_export_and_load_round_trip_and_load_needs_no_flax(tmp_path, x64):
-    g, model, variables, x, _ = _trained("dvs_style_plif_t8.npz", IMPLS[-1])      # PLIF: the w scalars travel too
+    g, model, variables, x, _ = _trained("dvs_style_plif_t8.npz", "xla")          # PLIF: the w scalars travel too
     fn = deploy.fold(model, variables)
     path = deploy.export(fn, tmp_path / "m.deploy")
     assert sorted(p.name for p in path.iterdir()) == ["graph.json", "weights.safetensors"]

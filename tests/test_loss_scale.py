@@ -117,7 +117,7 @@ def test_logged_means_leave_out_a_skipped_steps_overflow():
 def test_float16_training_survives_overflow_steps(tmp_path):
     """As a user runs it: train.py in float16 with a scale that overflows at first; the run backs off, finishes,
     and metrics.jsonl records the scale and the fraction of skipped steps."""
-    from test_train_e2e import TINY as RUN, run
+    from conftest import TINY as RUN, run
     p = run(["train.py", f"--workdir={tmp_path}", "--config.total_steps=6", "--config.precision=float16",
              "--config.loss_scale.init_scale=1e30", *RUN])
     recs = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
