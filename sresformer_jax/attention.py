@@ -49,6 +49,13 @@ def _firing_rate(var, batch_rate: jax.Array, train: bool, momentum: float, initi
     return rate
 
 
+def _scale(rate: jax.Array, n: int) -> jax.Array:
+    """c = 1/√(r·n), and 0 where r = 0: a head with no spikes gives a zero product, which stays zero (the
+    official code computes 0·∞ = NaN there, e.g. for a batch of constant images)."""
+    live = rate > 0
+    return jnp.where(live, 1.0 / jnp.sqrt(jnp.where(live, rate, 1) * n), 0)
+
+
 def _per_image(scale: jax.Array, batch: int) -> jax.Array:
     """A per-group, per-head scale [groups, h] → [1, B, h, 1, 1], against [T, B, h, ·, ·] products."""
     return jnp.repeat(scale, batch // scale.shape[0], axis=0)[None, :, :, None, None]
@@ -121,7 +128,7 @@ class DSSA(nn.Module):
             return rate if grouped or not train else mean_over_devices(rate, self.axis_name)  # whole batch's
 
         rate_x = _firing_rate(r_x, batch_rate(q), train, self.momentum, init, groups_axis)  # [groups, h]
-        c1 = 1.0 / jnp.sqrt(rate_x * d)
+        c1 = _scale(rate_x, d)
         bits = lean_backward(self.conv_impl)            # XLA's lowering: the backward keeps the spikes as bits
         y1, q = checkpoint_name(y1, "attention_operand"), q if bits else checkpoint_name(q, "attention_operand")
         attn = dot("tbhnd,tbhmd->tbhnm", y1, q, binary=1 if bits else None)  # [T, B, h, N', HW]
@@ -129,7 +136,7 @@ class DSSA(nn.Module):
         a = neuron("lif_attn", count_map=False)(attn)                         # spiking attention map
 
         rate_a = _firing_rate(r_attn, batch_rate(a), train, self.momentum, init, groups_axis)  # [groups, h]
-        c2 = 1.0 / jnp.sqrt(rate_a * n_kv)
+        c2 = _scale(rate_a, n_kv)
         y2, a = checkpoint_name(y2, "attention_operand"), a if bits else checkpoint_name(a, "attention_operand")
         out = dot("tbhnm,tbhnd->tbhmd", a, y2, binary=0 if bits else None)   # [T, B, h, HW, d]
         out = (out * _per_image(c2, B)).astype(y.dtype)

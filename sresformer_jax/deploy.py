@@ -257,15 +257,19 @@ def fold(model, variables: Mapping[str, Any], conv_impl: str | None = None) -> D
         if b.kind == "dssa":
             r, (h, w) = rates[b.path], hw[b.stage - 1]
             n_kv = (h // b.patch) * (w // b.patch)
-            thresholds[b.path] = {
-                "lif_attn": [math.sqrt(float(v) * (b.channels // b.heads))
-                             for v in np.asarray(r["firing_rate_x"], np.float64)],
-                "lif_out": [math.sqrt(float(v) * n_kv) for v in np.asarray(r["firing_rate_attn"], np.float64)]}
+            thresholds[b.path] = {"lif_attn": _thresholds(r["firing_rate_x"], b.channels // b.heads),
+                                  "lif_out": _thresholds(r["firing_rate_attn"], n_kv)}
     size = (model.img_size, model.img_size)
     graph = {"format": FORMAT, "model": arch, "conv_impl": conv_impl or model.conv_impl,
              "dtype": jnp.dtype(model.dtype).name if model.dtype is not None else None,
              "input_hw": list(size), "thresholds": thresholds}
     return DeployedModel(graph, weights)
+
+
+def _thresholds(rates, n: int) -> list[float]:
+    """The threshold scale √(r·n) per head that replaces the product scale c = 1/√(r·n); a head whose rate is 0
+    (c = 0: nothing passes) never fires, an infinite threshold."""
+    return [math.sqrt(float(v) * n) if v > 0 else math.inf for v in np.asarray(rates, np.float64)]
 
 
 def _at(tree: Mapping, path: str):

@@ -139,6 +139,21 @@ def test_other_resolution_without_rebuilding(tiny, calibrated):
     assert L.stage_sizes(288) == [(72, 72), (36, 36), (18, 18)]
 
 
+def test_a_batch_of_constant_images_gives_finite_loss_and_gradients(tiny):
+    """Constant images normalise to zero: no DSSA head spikes (rate 0), and the scale 1/√(r·n) must not turn
+    the zero product into 0·∞ = NaN."""
+    model, variables, x = tiny
+
+    def loss(params):
+        out, _ = model.apply({**variables, "params": params}, jnp.zeros_like(x), train=True,
+                             mutable=["batch_stats", "firing_rates"])
+        return jnp.mean(out ** 2)
+
+    value, grads = jax.value_and_grad(loss)(variables["params"])
+    assert jnp.isfinite(value)
+    chex.assert_tree_all_finite(grads)
+
+
 def test_bad_input_is_a_clear_error(tiny):
     model, variables, x = tiny
     with pytest.raises(ValueError, match=r"\[B, H, W, C\]"):
