@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("install")]   # one worker builds the venv
 
 
 def _run(cmd, cwd, env=None, timeout=600):
@@ -28,7 +28,8 @@ def venv(tmp_path_factory):
     virtualenv or conda): the test is about the package, not about PyPI."""
     tmp = tmp_path_factory.mktemp("install")
     src = tmp / "src"                              # a copy, so that the build leaves nothing in the checkout
-    shutil.copytree(ROOT / "sresformer_jax", src / "sresformer_jax", ignore=shutil.ignore_patterns("__pycache__"))
+    for package in ("sresformer_jax", "configs"):
+        shutil.copytree(ROOT / package, src / package, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp / "dist"), str(src)], tmp)
