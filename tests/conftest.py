@@ -22,6 +22,9 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 # TPU compile test uses in a subprocess, from being initialised (and locked) by the test process.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
+# The suite's programs are small: XLA:CPU's backend optimisations cost more compile time than they save in run time.
+FAST_COMPILE = "--xla_backend_optimization_level=0"
+os.environ.setdefault("XLA_FLAGS", FAST_COMPILE)
 
 import functools  # noqa: E402
 import json  # noqa: E402
@@ -80,7 +83,6 @@ def event_kernels():
 
 # ----------------------------------------------------------------------------- train.py / eval.py as a user runs them
 # XLA's backend optimisation level 0 halves compile time; every comparison between runs uses the same flags.
-FAST_COMPILE = "--xla_backend_optimization_level=0"
 # A tiny quickstart: batch 16, a few steps.
 TINY = ["--config.batch_size=16", "--config.eval_batch_size=64", "--config.log_every_steps=2",
         "--config.checkpoint_every_steps=2", "--config.progress_bar=false", "--config.optim.epochs=2"]
@@ -139,34 +141,55 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _shared_run(tmp_path_factory, name: str, make) -> tuple[Path, list]:
+    """The workdir ``name`` made once per test run by ``make(workdir) -> outputs`` (JSON-able), shared by every
+    pytest-xdist worker: the first worker to ask makes it under a file lock, the others wait and read it."""
+    import fcntl
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent                                   # the run's directory, above each worker's own
+    wd, done = root / f"shared-{name}", root / f"shared-{name}.json"
+    with open(root / f"shared-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(wd, ignore_errors=True)           # what a failed attempt of another worker left
+            wd.mkdir()
+            done.write_text(json.dumps(make(wd)))
+    return wd, json.loads(done.read_text())
+
+
 @pytest.fixture(scope="session")
 def straight(tmp_path_factory):
     """4 uninterrupted quickstart steps on one device (checkpoints at 2 and 4), shared read-only by every test that
-    compares against it or starts from it; a test that changes a run copies it first."""
-    wd = tmp_path_factory.mktemp("straight")
-    p = run(["train.py", f"--workdir={wd}", "--config.total_steps=4", *TINY])
-    return wd, p
+    compares against it or starts from it; a test that changes a run copies it first. → (workdir, (stdout, stderr))"""
+    def make(wd):
+        p = run(["train.py", f"--workdir={wd}", "--config.total_steps=4", *TINY])
+        return [p.stdout, p.stderr]
+    return _shared_run(tmp_path_factory, "straight", make)
 
 
 @pytest.fixture(scope="session")
 def straight_long(tmp_path_factory):
     """12 uninterrupted steps (``LONG``): the reference of the runs that are interrupted and resumed."""
-    wd = tmp_path_factory.mktemp("straight_long")
-    run(["train.py", f"--workdir={wd}", *LONG])
-    return wd
+    def make(wd):
+        run(["train.py", f"--workdir={wd}", *LONG])
+        return []
+    return _shared_run(tmp_path_factory, "straight_long", make)[0]
 
 
 @pytest.fixture(scope="session")
 def two_processes_long(tmp_path_factory):
-    """The 12-step run of ``straight_long`` as two processes of two devices each, through jax.distributed."""
-    wd = tmp_path_factory.mktemp("two_processes_long")
-    port = free_port()
-    procs = [popen_train([f"--workdir={wd}", *LONG, "--distributed", f"--coordinator_address=127.0.0.1:{port}",
-                          "--num_processes=2", f"--process_id={i}"], env=cli_env(2)) for i in range(2)]
-    outs = [p.communicate(timeout=600) for p in procs]
-    for p, (_, err) in zip(procs, outs):
-        assert p.returncode == 0, err[-6000:]
-    return wd, outs
+    """The 12-step run of ``straight_long`` as two processes of two devices each, through jax.distributed.
+    → (workdir, [(stdout, stderr) of each process])"""
+    def make(wd):
+        port = free_port()
+        procs = [popen_train([f"--workdir={wd}", *LONG, "--distributed", f"--coordinator_address=127.0.0.1:{port}",
+                              "--num_processes=2", f"--process_id={i}"], env=cli_env(2)) for i in range(2)]
+        outs = [p.communicate(timeout=600) for p in procs]
+        for p, (_, err) in zip(procs, outs):
+            assert p.returncode == 0, err[-6000:]
+        return outs
+    return _shared_run(tmp_path_factory, "two_processes_long", make)
 
 
 # ----------------------------------------------------------------------------- the golden models, compiled once

@@ -20,7 +20,8 @@ import pytest
 
 from conftest import FAST_COMPILE, free_port
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]   # subprocesses that compile a dozen programs
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900),   # subprocesses that compile a dozen programs
+              pytest.mark.xdist_group("data_parallel")]      # one worker computes the module fixture
 
 LOWERINGS = ("xla", "slices", "events")
 

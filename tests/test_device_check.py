@@ -8,14 +8,14 @@ import subprocess
 
 import pytest
 
-from conftest import ROOT
+from conftest import FAST_COMPILE, ROOT
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_device_check_dry_run(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("OFFICIAL_DIR", "OFFICIAL_PYTHON")}
-    env.update(OUT_DIR=str(tmp_path), PYTHONUNBUFFERED="1")
+    env.update(OUT_DIR=str(tmp_path), PYTHONUNBUFFERED="1", XLA_FLAGS=FAST_COMPILE)   # tiny programs: compile fast
     p = subprocess.run(["bash", "benchmarks/device_check.sh", "--dry-run"], cwd=ROOT, env=env, text=True,
                        capture_output=True, timeout=900)
     assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-4000:]

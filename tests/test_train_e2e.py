@@ -13,9 +13,10 @@ from conftest import final_params, run
 pytestmark = pytest.mark.slow         # every test here runs train.py/eval.py
 
 
+@pytest.mark.xdist_group("straight_eval")     # eval.py writes into the shared run: one writer at a time
 def test_quickstart_steps_then_eval(straight):
-    wd, p = straight
-    assert "python eval.py --workdir=" in p.stdout
+    wd, (stdout, _) = straight
+    assert "python eval.py --workdir=" in stdout
     recs = [json.loads(line) for line in (wd / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in recs if r["split"] == "train"] == [2, 4]
     assert all(np.isfinite(r["loss"]) for r in recs)
