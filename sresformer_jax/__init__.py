@@ -16,14 +16,17 @@ inference path: ``neurons``, ``ops``) runs where JAX is installed and Flax is no
 import importlib
 
 __version__ = "0.2.0"
-_MODEL_API = ("SpikingResformer", "VARIANTS", "calibrate", "check_calibrated", "config_for", "create_model",
+_MODEL_API = ("FiringRatesNotSetError", "SpikingResformer", "VARIANTS", "calibrate", "check_calibrated", "config_for",
+              "create_model",
               "init_variables")
-__all__ = ["CONV_IMPLS", *_MODEL_API]
+__all__ = ["CONV_IMPLS", "load", *_MODEL_API]
 
 
 def __getattr__(name):
     if name in _MODEL_API:
         return getattr(importlib.import_module(".model", __name__), name)
+    if name == "load":
+        return importlib.import_module(".checkpoint", __name__).load
     if name == "CONV_IMPLS":
         return importlib.import_module(".ops", __name__).CONV_IMPLS
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

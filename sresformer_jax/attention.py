@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import linen as nn
 from jax.ad_checkpoint import checkpoint_name
 
@@ -51,9 +52,9 @@ def _firing_rate(var, batch_rate: jax.Array, train: bool, momentum: float, initi
 
 def _scale(rate: jax.Array, n: int) -> jax.Array:
     """c = 1/√(r·n), and 0 where r = 0: a head with no spikes gives a zero product, which stays zero (the
-    official code computes 0·∞ = NaN there, e.g. for a batch of constant images)."""
-    live = rate > 0
-    return jnp.where(live, 1.0 / jnp.sqrt(jnp.where(live, rate, 1) * n), 0)
+    official code computes 0·∞ = NaN there, e.g. for a batch of constant images). A NaN rate stays NaN."""
+    silent = rate == 0
+    return jnp.where(silent, 0, 1.0 / jnp.sqrt(jnp.where(silent, 1, rate) * n))
 
 
 def _per_image(scale: jax.Array, batch: int) -> jax.Array:
@@ -62,10 +63,12 @@ def _per_image(scale: jax.Array, batch: int) -> jax.Array:
 
 
 def check_firing_rates(value: jax.Array, path: str) -> None:
-    """Raises if concrete firing-rate statistics contain a zero (1/√0 would turn the logits into NaN)."""
+    """Raises if concrete firing-rate statistics contain a zero: also under ``jax.jit`` when the variables are
+    closed over (concrete while tracing). Traced ones (variables passed as an argument) cannot be checked while
+    tracing: ``SpikingResformer`` then returns NaN logits for an uncalibrated model instead of meaningless ones."""
     if isinstance(value, jax.core.Tracer):
         return
-    if bool(jnp.any(value == 0)):
+    if not np.all(np.asarray(value) != 0):
         raise FiringRatesNotSetError(
             f"{path}: DSSA firing-rate statistics are not set (zero for some head), so evaluation would "
             "divide by zero and return NaN. Calibrate them first with "

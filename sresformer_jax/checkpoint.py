@@ -35,7 +35,8 @@ STATE, MODEL_CONFIG, METADATA = "state", "model_config", "metadata"
 _EXPECTED = (f"a directory written by sresformer_jax.checkpoint.save_model (or `python -m sresformer_jax.convert "
              f"from-official`), holding {STATE}/, {MODEL_CONFIG}/ and {METADATA}/")
 
-__all__ = ["save_model", "load_model", "load_config", "load_metadata", "STATE", "MODEL_CONFIG", "METADATA"]
+__all__ = ["load", "save_model", "load_model", "load_variables", "load_config", "load_metadata", "STATE",
+           "MODEL_CONFIG", "METADATA"]
 
 
 def _checkpointer() -> ocp.Checkpointer:
@@ -387,3 +388,38 @@ def load_variables(path: str | os.PathLike, prefer: str = "best") -> tuple[dict,
                                 f"best/), its best/ or checkpoints/, one of their step directories, or {_EXPECTED}")
     meta, variables = _restore_train_variables(step_dir)
     return meta["model_config"], variables
+
+
+def load(path: str | os.PathLike, *, dtype=None, conv_impl: str = "auto", prefer: str = "best"):
+    """``(model, variables)`` ready for ``model.apply(variables, x, train=False)``, from whatever ``path`` is:
+
+    * a training workdir (its best checkpoint; ``prefer="latest"`` for the newest), its ``best/`` or
+      ``checkpoints/``, or one step directory such as ``checkpoints/400``;
+    * a model checkpoint written by ``save_model`` or ``python -m sresformer_jax.convert from-official``;
+    * a deploy export (``deploy.export``): then ``model`` is the ``deploy.DeployedModel`` and ``variables`` its
+      weights, and ``model.apply(variables, x)`` is the spike-driven forward.
+
+    ``dtype`` casts every floating-point variable and becomes the model's compute dtype (None: as stored);
+    ``conv_impl`` is the lowering on this machine ("auto": the platform's best).
+    """
+    from . import deploy
+    path = Path(path).absolute()
+    if (path / deploy.GRAPH).is_file():
+        fn = deploy.load(path, conv_impl=conv_impl)
+        return fn, fn.weights
+    if (path / STATE).is_dir() and (path / MODEL_CONFIG).is_dir():
+        return load_model(path, dtype=dtype, conv_impl=conv_impl)
+    step_dir = path if (path / "meta").is_dir() and (path / "state").is_dir() else find_train_checkpoint(path, prefer)
+    if step_dir is None:
+        found = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir())[:8] if path.is_dir() else None
+        raise FileNotFoundError(
+            f"no checkpoint at {path} ({'it does not exist' if found is None else 'it holds ' + (', '.join(found) or 'nothing')}): "
+            f"expected a training workdir (with best/ or checkpoints/), its best/ or checkpoints/, one of their step "
+            f"directories, {_EXPECTED}, or a deploy export ({deploy.GRAPH} and {deploy.WEIGHTS})")
+    meta, variables = _restore_train_variables(step_dir)
+    if dtype is not None:
+        if jnp.dtype(dtype) == jnp.float64 and not jax.config.jax_enable_x64:
+            raise ValueError("dtype=float64 needs 64-bit JAX: call jax.config.update('jax_enable_x64', True) first")
+        variables = jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, variables)
+    param_dtype = dtype if dtype is not None else variables["params"]["classifier"]["kernel"].dtype
+    return _model(meta["model_config"], dtype=dtype, param_dtype=param_dtype, conv_impl=conv_impl), variables

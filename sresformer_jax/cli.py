@@ -78,14 +78,39 @@ def _unknown_override(argv: list[str], fv_factory) -> str | None:
     return None
 
 
+def _config_help(argv: list[str], define) -> str:
+    """The fields of the ``--config`` on the command line (with its overrides) and their values, one per line."""
+    try:
+        fv = flags.FlagValues()
+        define(fv, argv)
+        fv(argv)
+        config, spec = fv.config, fv["config"].config_filename
+    except Exception as err:  # noqa: BLE001 - help still prints; say why the fields are missing
+        if not any(a.startswith("--config") for a in argv):
+            return ""                                    # eval.py without --config: the run's own config
+        return f"\n(the config's fields could not be listed: {str(err).splitlines()[0] if str(err) else err!r})"
+
+    def lines(c, prefix=""):
+        for k, v in c.items():
+            if hasattr(v, "items"):
+                yield from lines(v, f"{prefix}{k}.")
+            else:
+                yield f"  --config.{prefix}{k}={v!r}"
+    return (f"\nconfig fields of {Path(spec).name} (override any with --config.FIELD=VALUE):\n"
+            + "\n".join(lines(config)))
+
+
 def _parse(argv: list[str], define) -> flags.FlagValues:
     """Defines the flags on a fresh FlagValues with ``define(fv, argv)`` and parses ``argv``; a bad command line
     raises ``UsageError`` with a one-line message."""
     argv = _resolve_config_paths(list(argv))
     if any(a in ("--help", "-h", "--helpfull") for a in argv[1:]):
         fv = flags.FlagValues()
-        define(fv, argv[:1])
+        rest = [a for a in argv if a not in ("--help", "-h", "--helpfull")]
+        define(fv, rest[:1])
         print(f"usage: {Path(argv[0]).name} [flags]\n\n{fv.get_help()}")
+        if "config" in fv:
+            print(_config_help(rest, define))
         raise SystemExit(0)
 
     def make(args):

@@ -88,8 +88,12 @@ class DeployedModel:
     def __call__(self, x: jax.Array, count_spikes: bool = False):
         return _jitted(_GraphKey(self.graph), count_spikes)(self.weights, x)
 
-    def apply(self, weights: Mapping[str, jax.Array], x: jax.Array, count_spikes: bool = False):
-        """The forward as a pure function of ``weights`` and ``x`` (traceable; ``graph`` is static)."""
+    def apply(self, weights: Mapping[str, jax.Array], x: jax.Array, train: bool = False, count_spikes: bool = False):
+        """The forward as a pure function of ``weights`` and ``x`` (traceable; ``graph`` is static), called as a
+        Flax model's ``apply``; the deploy form is inference only (``train=False``)."""
+        if train:
+            raise ValueError("the deploy form is inference only: train it as a Flax model (sresformer_jax.load "
+                             "a training or model checkpoint), then fold it again")
         return forward(self.graph, weights, x, count_spikes)
 
 

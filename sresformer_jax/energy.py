@@ -231,16 +231,21 @@ def count_sops(model: SpikingResformer, spike_counts: Mapping, batch_size: int) 
     return {k: v / batch_size for k, v in sop_totals(model, spike_counts).items()}
 
 
-def spike_totals(spike_counts: Mapping) -> dict[str, tuple[int, int]]:
-    """{official neuron name: (#spikes, #elements)} in forward order."""
+def spike_totals(spike_counts: Mapping, keys: str = "official") -> dict[str, tuple[int, int]]:
+    """{neuron: (#spikes, #elements)} in forward order, keyed by official module name (``keys="official"``,
+    e.g. ``layers.0.0.activation_in``) or by Flax module path (``keys="path"``, e.g. ``stage1_dssa1/lif_in``);
+    ``architecture.official_module`` maps the second to the first."""
+    if keys not in ("official", "path"):
+        raise ValueError(f"keys={keys!r}: choose 'official' or 'path'")
     counts = spike_counts if _is_host(spike_counts) else host_counts(spike_counts)
-    return {neuron_name(p): (counts[p]["total"], counts[p]["numel"])
+    name = neuron_name if keys == "official" else "/".join
+    return {name(p): (counts[p]["total"], counts[p]["numel"])
             for p in sorted(counts, key=lambda p: architecture.forward_key("/".join(p)))}
 
 
-def firing_rates(spike_counts: Mapping) -> dict[str, float]:
-    """Firing rate (#spikes / #elements) of every neuron layer, keyed by official module name."""
-    return {k: t / n for k, (t, n) in spike_totals(spike_counts).items()}
+def firing_rates(spike_counts: Mapping, keys: str = "official") -> dict[str, float]:
+    """Firing rate (#spikes / #elements) of every neuron layer, keyed as ``spike_totals`` keys them."""
+    return {k: t / n for k, (t, n) in spike_totals(spike_counts, keys).items()}
 
 
 # ----------------------------------------------------------------------------------------- dense MACs

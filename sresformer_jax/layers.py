@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 from jax.ad_checkpoint import checkpoint_name
 
-from .neurons import SPIKE_COUNTS, Rebuild, lif, plif
+from .neurons import MEMBRANES, SPIKE_COUNTS, SPIKES, Rebuild, lif, membranes, plif
 from .ops import batch_norm_train, conv2d, conv_lowering, normalize, uses_stats_kernels
 from .ops.collectives import device_count, from_first_device
 from .ops.conv import max_pool  # noqa: F401  (a layer of the model; pure lax, shared with the deploy form)
@@ -170,15 +170,21 @@ class Neuron(nn.Module):
     def __call__(self, x_seq: jax.Array, rebuild: Rebuild | None = None) -> jax.Array:
         """Spikes of ``x_seq``; ``rebuild`` (optional): how ``x_seq`` is computed from arrays kept anyway, so that
         the backward recomputes the membranes instead of keeping them (``neurons.Rebuild``)."""
+        k = None
         if self.kind == "LIF":
             s = lif(x_seq, self.tau, self.v_threshold, self.surrogate, self.alpha, self.unroll, rebuild)
         elif self.kind == "PLIF":
             w0 = -math.log(self.tau - 1.0)
             w = self.param("w", lambda _: jnp.asarray(w0, self.param_dtype))
             s = plif(x_seq, w, self.v_threshold, self.surrogate, self.alpha, self.unroll, rebuild)
+            k = jax.nn.sigmoid(w).astype(x_seq.dtype)
         else:
             raise ValueError(f"unknown neuron kind {self.kind!r}; choose 'LIF' or 'PLIF'")
         s = checkpoint_name(s, "spikes")      # names what the backward keeps (memory report, remat policies)
+        if self.is_mutable_collection(SPIKES) and not self.is_initializing():      # probes: only when asked
+            self.sow(SPIKES, "spikes", s)
+        if self.is_mutable_collection(MEMBRANES) and not self.is_initializing():
+            self.sow(MEMBRANES, "membranes", membranes(x_seq, self.v_threshold, tau=self.tau, k=k))
         if self.is_mutable_collection(SPIKE_COUNTS) and not self.is_initializing():
             # Exact integer counts (only computed when the caller asks for this collection).
             si = jax.lax.stop_gradient(s).astype(jnp.int32)

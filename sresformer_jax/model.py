@@ -211,9 +211,13 @@ class SpikingResformer(nn.Module):
     def _check_input(self, x: jax.Array) -> None:
         want = "[B, T, H, W, C] event frames" if self.dvs else "[B, H, W, C] images (NHWC)"
         if x.ndim != (5 if self.dvs else 4):
-            hint = (" (this model takes event frames: pass dvs=True only for such data)" if x.ndim == 5
+            hint = (" (a 5-D input is event frames: build the model with dvs=True for such data)" if x.ndim == 5
                     else " (a time axis is expected: the model was built with dvs=True)" if self.dvs else "")
             raise ValueError(f"expected input {want}, got shape {tuple(x.shape)}{hint}")
+        if self.dvs and x.shape[1] != self.T:
+            raise ValueError(f"the model was built for T = {self.T} time steps, and the input [B, T, H, W, C] "
+                             f"{tuple(x.shape)} has {x.shape[1]}; build the model with T={x.shape[1]} or give it "
+                             f"{self.T} frames")
         if x.shape[-1] != self.in_channels:
             raise ValueError(f"expected {self.in_channels} input channels in the last axis (NHWC), got "
                              f"shape {tuple(x.shape)}; transpose NCHW input with x.transpose(0, 2, 3, 1)")
@@ -262,8 +266,15 @@ class SpikingResformer(nn.Module):
                 x = self._region(functools.partial(block, parts=tuple(parts)))(self, x)
                 parts = []
         x = jnp.mean(x, axis=(2, 3))                                          # [T, B, D3]
-        return nn.Dense(self.num_classes, use_bias=False, kernel_init=trunc_normal_init(0.02),
-                        dot_general=_named_param_copy, name="classifier", **kw)(x)   # [T, B, classes]
+        logits = nn.Dense(self.num_classes, use_bias=False, kernel_init=trunc_normal_init(0.02),
+                          dot_general=_named_param_copy, name="classifier", **kw)(x)   # [T, B, classes]
+        if train or self.is_initializing():
+            return logits
+        # evaluation with firing rates that are traced (variables passed into jit/grad/vmap) and so were not
+        # checked: an uncalibrated head (rate 0) makes every logit NaN rather than a meaningless number
+        rates = jax.tree.leaves(self.variables.get(FIRING_RATES, {}))
+        uncalibrated = functools.reduce(jnp.logical_or, [jnp.any(r == 0) for r in rates], jnp.bool_(False))
+        return jnp.where(uncalibrated, jnp.nan, logits)
 
 
 def _named_param_copy(x, kernel, *args, **kwargs):
@@ -315,8 +326,8 @@ def dummy_input(model: SpikingResformer, batch: int = 1, dtype=jnp.float32) -> j
 
 def init_key(rng: jax.Array) -> jax.Array:
     """The key the initializers draw from: an "rbg" key (XLA's RngBitGenerator) derived from ``rng``, so the values
-    are a function of ``rng``. Drawing the model's sixty-odd initial tensors from threefry compiles in about 15 s on
-    XLA:CPU, from rbg in well under one."""
+    are a function of ``rng``. Drawing the model's sixty-odd initial tensors from threefry compiles far more
+    slowly on XLA:CPU than from rbg."""
     return jax.random.wrap_key_data(jax.random.bits(rng, (4,), jnp.uint32), impl="rbg")
 
 
@@ -360,6 +371,22 @@ def count_params(params: Mapping, include_bn: bool = True) -> int:
     return sum(int(v.size) for path, v in trees.flatten(params).items() if include_bn or "bn" not in path)
 
 
+def by_path(collection: Mapping) -> dict[str, jax.Array]:
+    """A sown collection (``spikes``, ``membranes``) as {Flax module path: array}, e.g.
+    ``{"stage1_dssa1/lif_in": spikes [T, B, H, W, C], ...}`` in the model's forward order
+    (``architecture.official_module(path)`` gives the official name of each path)."""
+    out = {}
+
+    def walk(node, path):
+        for k, v in node.items():
+            if isinstance(v, tuple):                                  # sow's tuple of values: one per call
+                out[path] = v[0] if len(v) == 1 else jnp.stack(v)
+            elif isinstance(v, Mapping):
+                walk(v, f"{path}/{k}" if path else k)
+    walk(collection, "")
+    return dict(sorted(out.items(), key=lambda kv: architecture.forward_key(kv[0])))
+
+
 __all__ = ["SpikingResformer", "Downsample", "VARIANTS", "CONFIG_KEYS", "TRAINING_MODEL_KEYS", "PRECISIONS",
            "BATCH_STATS", "FIRING_RATES", "STATE_COLLECTIONS", "FiringRatesNotSetError", "config_for", "create_model",
-           "build_model", "dummy_input", "init_key", "init_variables", "calibrate", "check_calibrated", "count_params"]
+           "build_model", "dummy_input", "init_key", "init_variables", "calibrate", "check_calibrated", "count_params", "by_path"]

@@ -26,6 +26,8 @@ from .ops.scan import buffer_slice, buffer_write, scan_buffer
 
 SURROGATES = ("atan", "sigmoid")
 SPIKE_COUNTS = "spike_counts"  # optional collection: per-layer spike counts, for firing rates and SOPs
+SPIKES = "spikes"              # optional collection: every neuron layer's spikes [T, ...], for analysis
+MEMBRANES = "membranes"        # optional collection: every neuron layer's membrane potentials H [T, ...]
 DEFAULT_ALPHA = {"atan": 2.0, "sigmoid": 4.0}
 
 
@@ -207,3 +209,18 @@ def fire(x_seq: jax.Array, v_threshold: float | jax.Array = 1.0, *, tau: float =
         return jnp.where(s, jnp.zeros_like(h), h), s
 
     return jax.lax.scan(step, jnp.zeros_like(x_seq[0]), x_seq, unroll=unroll)[1]
+
+
+def membranes(x_seq: jax.Array, v_threshold: float | jax.Array = 1.0, *, tau: float = 2.0, k: jax.Array | None = None,
+              unroll: int | bool = 1) -> jax.Array:
+    """The membrane potentials H[t] of ``lif`` (``tau``) or, given ``k`` = sigmoid(w), of ``plif`` on ``x_seq``:
+    [T, ...], charged and before firing and reset (the spikes are H ≥ V_th). For analysis: the arithmetic of
+    ``fire``, not differentiated through."""
+    kk = None if k is None else jnp.asarray(k, x_seq.dtype)
+    t = None if k is not None else float(tau)
+
+    def step(v, x):
+        h = _charge(v, x, kk, t)
+        return jnp.where(h >= v_threshold, jnp.zeros_like(h), h), h
+
+    return jax.lax.scan(step, jnp.zeros_like(x_seq[0]), jax.lax.stop_gradient(x_seq), unroll=unroll)[1]

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -133,6 +134,7 @@ def test_bad_deploy_files_are_refused_with_the_names(tmp_path, x64):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("straight_eval")     # eval.py writes into the shared run: one writer at a time
 def test_export_command_and_eval_deploy_on_a_training_run(straight, tmp_path):
     """As a user runs them: `python -m sresformer_jax.deploy export` on a run's best checkpoint, and
     `eval.py --deploy`, which reports the deploy form next to the training form."""
@@ -152,3 +154,29 @@ def test_export_command_and_eval_deploy_on_a_training_run(straight, tmp_path):
     # a 4-step run may not spike yet; the two forms must still count the same
     assert report["sops_per_image"] == pytest.approx(full["sops_per_image"], rel=1e-3, abs=1e-6)
     assert len(report["firing_rates"]) == len(full["firing_rates"]) == 38
+
+
+@pytest.mark.slow
+def test_one_loader_for_workdirs_steps_and_deploy_exports(straight, tmp_path):
+    """``sresformer_jax.load`` takes a training workdir, its best/ and checkpoints/, a step directory, and a deploy
+    export, and returns (model, variables) for ``model.apply(variables, x, train=False)``."""
+    import sresformer_jax
+    from sresformer_jax import deploy
+
+    wd, _ = straight
+    x = jax.random.uniform(jax.random.PRNGKey(0), (3, 8, 8, 1))                   # digits: 8×8, one channel
+    model, variables = sresformer_jax.load(wd)                                      # its best checkpoint
+    logits = model.apply(variables, x, train=False)
+    for where in (wd / "best", wd / "checkpoints" / "4", wd / "checkpoints"):
+        m, v = sresformer_jax.load(where)
+        chex.assert_trees_all_close(m.apply(v, x, train=False), logits, atol=1e-6)
+    m, v = sresformer_jax.load(wd / "checkpoints" / "2")
+    assert not np.allclose(m.apply(v, x, train=False), logits)                     # another step, other weights
+    deploy.export(deploy.fold(model, variables), tmp_path / "m.deploy")
+    fn, weights = sresformer_jax.load(tmp_path / "m.deploy")
+    chex.assert_trees_all_close(fn.apply(weights, x, train=False), logits, atol=1e-5)
+    with pytest.raises(ValueError, match="inference only"):
+        fn.apply(weights, x, train=True)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="holds nothing.*training workdir.*deploy export"):
+        sresformer_jax.load(tmp_path / "empty")

@@ -150,6 +150,15 @@ def test_an_unknown_override_is_one_line_with_the_nearest_field(tmp_path, capsys
     assert len(err.strip().splitlines()) == 1 and "nonexistent" in err
 
 
+def test_help_lists_the_config_fields_with_their_values(capsys):
+    from sresformer_jax import cli
+    with pytest.raises(SystemExit) as stop:
+        cli.train(["train.py", "--config=configs/imagenet.py:ti", "--config.optim.lr=0.5", "--help"])
+    out = capsys.readouterr().out
+    assert stop.value.code == 0 and "--workdir" in out and "config fields of imagenet.py" in out
+    assert "--config.total_steps=-1" in out and "--config.optim.lr=0.5" in out and "--config.model.T=4" in out
+
+
 def _image_folder(root: Path) -> Path:
     """12 training images: with batch 4, one epoch (3 steps) reads every one of them."""
     synthetic.write_image_folder(root, classes=3, per_class=(4, 2))
