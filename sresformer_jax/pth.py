@@ -31,10 +31,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-try:  # ships with jax; optional here
-    import ml_dtypes
-except ImportError:  # pragma: no cover - jax always brings it
-    ml_dtypes = None
+import ml_dtypes
 
 __all__ = ["load_pth", "save_pth", "UnsafeCheckpointError", "CheckpointFormatError", "CheckpointArgs"]
 
@@ -51,30 +48,22 @@ _LEGACY_MSG = ("legacy (pre-1.6) torch.save format is not supported; re-save it 
                "torch.save(..., _use_new_zipfile_serialization=True)")
 
 # ---------------------------------------------------------------------------------------------------------
-# dtypes: torch dtype name / legacy storage class ⇄ numpy dtype
+# dtypes a state dict holds (floating weights and buffers, integer counters, masks):
+# torch dtype name / storage class ⇄ numpy dtype
 # ---------------------------------------------------------------------------------------------------------
 
 _NP_BY_TORCH_DTYPE: dict[str, Any] = {
     "float32": np.float32, "float": np.float32, "float64": np.float64, "double": np.float64,
     "float16": np.float16, "half": np.float16, "int64": np.int64, "long": np.int64,
     "int32": np.int32, "int": np.int32, "int16": np.int16, "short": np.int16, "int8": np.int8,
-    "uint8": np.uint8, "uint16": np.uint16, "uint32": np.uint32, "uint64": np.uint64, "bool": np.bool_,
-    "complex64": np.complex64, "cfloat": np.complex64, "complex128": np.complex128, "cdouble": np.complex128,
+    "uint8": np.uint8, "bool": np.bool_, "bfloat16": ml_dtypes.bfloat16,
 }
-if ml_dtypes is not None:
-    _NP_BY_TORCH_DTYPE["bfloat16"] = ml_dtypes.bfloat16
-    for _n in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz"):
-        if hasattr(ml_dtypes, _n):
-            _NP_BY_TORCH_DTYPE[_n] = getattr(ml_dtypes, _n)
-else:  # pragma: no cover
-    _NP_BY_TORCH_DTYPE["bfloat16"] = "bfloat16-as-uint16"
 
 # Legacy typed storage classes (``torch.FloatStorage`` …) → torch dtype name.
 _STORAGE_DTYPE = {
     "FloatStorage": "float32", "DoubleStorage": "float64", "HalfStorage": "float16",
     "BFloat16Storage": "bfloat16", "LongStorage": "int64", "IntStorage": "int32", "ShortStorage": "int16",
     "CharStorage": "int8", "ByteStorage": "uint8", "BoolStorage": "bool",
-    "ComplexFloatStorage": "complex64", "ComplexDoubleStorage": "complex128",
 }
 _STORAGE_BY_DTYPE = {v: k for k, v in _STORAGE_DTYPE.items()}
 
@@ -83,8 +72,6 @@ def _numpy_dtype(torch_name: str) -> np.dtype:
     np_type = _NP_BY_TORCH_DTYPE.get(torch_name)
     if np_type is None:
         raise CheckpointFormatError(f"tensor dtype torch.{torch_name} is not supported")
-    if isinstance(np_type, str):  # pragma: no cover - bfloat16 without ml_dtypes: read raw bits
-        return np.dtype(np.uint16)
     return np.dtype(np_type)
 
 
@@ -260,8 +247,6 @@ def _tensor_from_storage(storage, offset, size, stride, dtype_name: str | None =
         out = np.array(view, dtype=dt, copy=True, order="C")  # native byte order, contiguous, owned
     else:
         out = np.zeros(size, dt)
-    if _NP_BY_TORCH_DTYPE.get(dtype_name) == "bfloat16-as-uint16":  # pragma: no cover
-        out = (out.astype(np.uint32) << 16).view(np.float32)
     return out
 
 
@@ -461,8 +446,7 @@ class _OutTensor:
         return _Global("torch._utils", "_rebuild_tensor_v3"), args + (_Global("torch", self.dtype_name),)
 
 
-_TORCH_NAME_BY_NP = {np.dtype(v): k for k, v in reversed(list(_NP_BY_TORCH_DTYPE.items()))
-                     if not isinstance(v, str)}
+_TORCH_NAME_BY_NP = {np.dtype(v): k for k, v in reversed(list(_NP_BY_TORCH_DTYPE.items()))}
 
 
 class _TorchPickler(pickle._Pickler):  # the pure-Python pickler: it lets us emit globals we cannot import

@@ -3,7 +3,7 @@
 XLA:CPU allocates each executable's temporary buffer with one ``malloc`` per execution: about 2 GB for a batch-8
 training step of ``spikingresformer_cifar`` and 5 GB for batch 32. glibc serves an allocation that large with a
 fresh ``mmap`` and unmaps it on ``free``, so every step page-faults through the whole buffer again, 4 KiB at a
-time, and the kernel zeroes every page (2 M faults and seconds of kernel time per batch-32 step on a 2-core VM).
+time, and the kernel zeroes every page.
 
 glibc reads its settings only when a process starts, so the fix is a launcher setting, never something a running
 process can do for itself. Either of
@@ -11,8 +11,8 @@ process can do for itself. Either of
     GLIBC_TUNABLES=glibc.malloc.hugetlb=1 python train.py ...        # glibc >= 2.35, transparent huge pages on
     LD_PRELOAD=libtcmalloc_minimal.so.4 python train.py ...          # apt-get install libtcmalloc-minimal4
 
-removes most of the cost (measured in docs/performance.md: huge pages keep the memory footprint, tcmalloc is faster
-still but keeps about twice the memory). ``train.py`` and ``eval.py`` say so once when a CPU run
+removes most of the cost (docs/performance.md: huge pages keep the memory footprint, tcmalloc is faster still
+but keeps about twice the memory). ``train.py`` and ``eval.py`` say so once when a CPU run
 has neither (``allocator_advice``). ``ALLOCATORS`` names the settings the benchmark gives to each process it launches.
 """
 from __future__ import annotations

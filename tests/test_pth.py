@@ -76,9 +76,7 @@ def test_round_trip_dtypes_shapes_and_nesting(tmp_path):
         ("i64", rng.integers(-10**12, 10**12, 7)),
         ("i32", np.arange(-3, 3, dtype=np.int32)), ("i16", np.arange(4, dtype=np.int16)),
         ("i8", np.arange(-2, 2, dtype=np.int8)), ("u8", np.arange(4, dtype=np.uint8)),
-        ("u16", np.array([0, 1, 65535], np.uint16)),
         ("bool", np.array([True, False, True])),
-        ("c64", (rng.standard_normal(3) + 1j * rng.standard_normal(3)).astype(np.complex64)),
         ("scalar", np.asarray(17, np.int64)),                 # like BN num_batches_tracked
         ("empty", np.zeros((0, 3), np.float32)),
         ("transposed", rng.standard_normal((4, 5)).astype(np.float32).T),   # non-contiguous input

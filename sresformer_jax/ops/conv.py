@@ -2,9 +2,8 @@
 CPU kernels ("events"). Every lowering gives the same values and gradients up to rounding; which one runs is
 the ``impl`` argument, chosen when the model is built (``ops.lowering``).
 
-On CPU, XLA's convolutions are slow, its backward worst of all (about 10 GFLOP/s against 56 for the same
-convolution as shifted matmuls on the machine of docs/performance.md), so the CPU lowerings write each
-convolution as matmuls or hand spike inputs to the event kernels. On GPU/TPU the native convolution is best.
+On CPU, XLA's convolutions are slow, their backward worst of all, so the CPU lowerings write each convolution
+as matmuls or hand spike inputs to the event kernels (docs/performance.md compares them). On GPU/TPU the native convolution is best.
 """
 from __future__ import annotations
 
@@ -155,7 +154,7 @@ def _conv_stride1(x, kernel, padding, groups):
         dK = Σ_chunks X̃ᵀ · dy                  (``_kernel_grad_chunks``: one im2col matmul per chunk of images)
 
     i.e. the input gradient is itself a forward convolution (accumulated in place, no scatter of k² slice
-    gradients): 1.2× faster training steps on CPU (docs/performance.md)."""
+    gradients)."""
     return _conv_stride1_fwd(x, kernel, padding, groups)[0]
 
 
@@ -262,7 +261,7 @@ def _shifted(xp: jax.Array, i, j, ho: int, wo: int, dtype=None) -> jax.Array:
 def _conv_taps_scan(xp: jax.Array, kernel: jax.Array, ho: int, wo: int, bits: bool = False) -> jax.Array:
     """Stride-1 k×k convolution of the already padded ``xp`` [N, H', W', C] as a ``lax.scan`` over the k²
     taps, y += x̃[:, i:i+Ho, j:j+Wo] @ K[i, j]: one shifted slice is alive at a time (a Python loop lets
-    XLA materialise all k² slices at once: 3.2× the temporary memory, and slower on CPU). The first tap
+    XLA materialise all k² slices at once). The first tap
     initialises the [N·Ho·Wo, O] accumulator (no zero fill). ``bits``: slice 16-bit floats as their bit
     patterns (``scan_bits``; not differentiable, set by the custom VJP only)."""
     k, _, c, cout = kernel.shape
@@ -290,7 +289,7 @@ def _kernel_grad_chunks(xg: jax.Array, dy: jax.Array, k: int) -> jax.Array:
         dKᵀ[g] = Σ_chunks dy[g]ᵀ · X̃[g]   → [g, O/g, k²·C/g]
 
     Canonical row-major matmuls of depth P (the chunk's pixels): contracting all N·Ho·Wo pixels at once, one
-    tap at a time, ran on XLA:CPU's slow generic path for transposed operands (2× slower, docs/performance.md).
+    tap at a time, runs on XLA:CPU's slow generic path for transposed operands.
     """
     groups, n, _, _, cg = xg.shape
     ho, wo, cout = dy.shape[1:]

@@ -16,9 +16,8 @@ def dot(spec: str, a: jax.Array, b: jax.Array, binary: int | None = None) -> jax
     """``einsum(spec, a, b)`` of two operands (no index summed within one operand).
 
     float32/float64 operands: a plain einsum. Low-precision operands (bf16/f16): products accumulated in float32
-    and the result returned in **float32**, the path of bf16 units (AMX on x86, tensor cores, the MXU); on a
-    Sapphire Rapids CPU a bf16×bf16→f32 matmul runs 3.7× an f32 one, while a bf16 result is slower than f32
-    (docs/performance.md). Its VJP casts the cotangent to the operands' dtype, so that both backward matmuls
+    and the result returned in **float32**, the path of bf16 units (AMX on x86, tensor cores, the MXU; on CPU
+    a bf16 result is slower than a float32 one). Its VJP casts the cotangent to the operands' dtype, so that both backward matmuls
     take the same path.
     ``binary`` (0 or 1): that operand holds only 0 and 1 (spikes), and the backward keeps it as bits (eight per
     byte) instead of in its dtype; the same values and gradients.
