@@ -19,7 +19,7 @@ import numpy as np
 from flax import linen as nn
 from jax.ad_checkpoint import checkpoint_name
 
-from .layers import ConvBN, Dtype, Neuron, image_groups
+from .layers import ConvBN, Dtype, Neuron, NeuronSpec, image_groups
 from .ops import dot, lean_backward
 from .ops.collectives import from_first_device, mean_over_devices
 
@@ -82,7 +82,7 @@ class DSSA(nn.Module):
     dim: int
     num_heads: int
     patch_size: int
-    neuron: str = "LIF"
+    neuron: str | NeuronSpec = "LIF"
     momentum: float = 0.999
     conv_impl: str = "xla"
     bn_group_size: int | None = None   # train: BatchNorm statistics and firing rates per group of images
@@ -100,7 +100,8 @@ class DSSA(nn.Module):
         if H % p or W % p:
             raise ValueError(f"DSSA patch size {p} does not divide the feature map {H}×{W}; choose an "
                              "input size that every stage's patch size divides")
-        neuron = lambda name, **kw: Neuron(self.neuron, param_dtype=self.param_dtype, name=name, **kw)  # noqa: E731
+        spec = NeuronSpec.of(self.neuron).fields()
+        neuron = lambda name, **kw: Neuron(**spec, param_dtype=self.param_dtype, name=name, **kw)  # noqa: E731
         init = self.is_initializing()
 
         s = neuron("lif_in")(x)                                               # [T, B, H, W, C]

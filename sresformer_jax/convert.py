@@ -242,12 +242,13 @@ def to_official_cmd(args: argparse.Namespace) -> int:
         raise ConversionError(f"{out} already exists; pass --force to replace it")
 
     from .checkpoint import load_model
-    from .interop import to_official
+    from .interop import check_official_neuron, to_official
     from .model import count_params
     from .pth import save_pth
 
     try:
         model, variables = load_model(args.checkpoint)
+        check_official_neuron(model.config())
     except (FileNotFoundError, ValueError) as e:
         raise ConversionError(str(e)) from None
     sd = to_official(variables)

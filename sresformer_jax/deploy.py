@@ -132,9 +132,9 @@ def _spike_operand(name: str, s: jax.Array) -> jax.Array:
     return s
 
 
-def _lif(x: jax.Array, threshold, w: jax.Array | None) -> jax.Array:
-    """Spikes (bool) of a LIF (``w`` None) or PLIF (k = sigmoid(w)) with ``threshold``."""
-    return fire(x, threshold, k=None if w is None else jax.nn.sigmoid(w).astype(x.dtype), unroll=True)
+def _lif(x: jax.Array, threshold, w: jax.Array | None, tau: float = 2.0) -> jax.Array:
+    """Spikes (bool) of a LIF (``w`` None, time constant ``tau``) or PLIF (k = sigmoid(w)) with ``threshold``."""
+    return fire(x, threshold, tau=tau, k=None if w is None else jax.nn.sigmoid(w).astype(x.dtype), unroll=True)
 
 
 def forward(graph: Mapping[str, Any], w: Mapping[str, jax.Array], x: jax.Array, count_spikes: bool = False):
@@ -152,11 +152,12 @@ def forward(graph: Mapping[str, Any], w: Mapping[str, jax.Array], x: jax.Array, 
     dtype = jnp.dtype(graph["dtype"]) if graph.get("dtype") else x.dtype
     x = x.astype(dtype)
     plif = arch["activation"] == "PLIF"
+    tau, v_threshold = arch.get("tau", 2.0), arch.get("v_threshold", 1.0)     # exports before these: the defaults
     counts: dict = {}
     thresholds = graph["thresholds"]
 
-    def lif(name: str, z: jax.Array, threshold=1.0, count_map: bool = True) -> jax.Array:
-        s = _lif(z, threshold, w[f"{name}/w"] if plif else None)
+    def lif(name: str, z: jax.Array, threshold=v_threshold, count_map: bool = True) -> jax.Array:
+        s = _lif(z, threshold, w[f"{name}/w"] if plif else None, tau)
         if count_spikes:
             module, neuron = name.split("/")
             si = s.astype(jnp.int32)
@@ -242,6 +243,9 @@ def fold(model, variables: Mapping[str, Any], conv_impl: str | None = None) -> D
     rates set, as after training or ``calibrate``). Folds in the parameters' dtype; computes in the model's
     dtype (None: the input's). ``conv_impl``: its lowering (default: the model's)."""
     from .model import check_calibrated
+    if getattr(model, "neuron_fn", None) is not None:
+        raise ValueError("deploy.fold folds the model's LIF/PLIF neurons (its tau, v_threshold); a model with a "
+                         "neuron of its own (neuron_fn) has no deploy form")
     check_calibrated(variables)
     arch = model.config()
     params, stats, rates = variables["params"], variables["batch_stats"], variables["firing_rates"]
@@ -261,8 +265,9 @@ def fold(model, variables: Mapping[str, Any], conv_impl: str | None = None) -> D
         if b.kind == "dssa":
             r, (h, w) = rates[b.path], hw[b.stage - 1]
             n_kv = (h // b.patch) * (w // b.patch)
-            thresholds[b.path] = {"lif_attn": _thresholds(r["firing_rate_x"], b.channels // b.heads),
-                                  "lif_out": _thresholds(r["firing_rate_attn"], n_kv)}
+            v_th = float(model.v_threshold)
+            thresholds[b.path] = {"lif_attn": _thresholds(r["firing_rate_x"], b.channels // b.heads, v_th),
+                                  "lif_out": _thresholds(r["firing_rate_attn"], n_kv, v_th)}
     size = (model.img_size, model.img_size)
     graph = {"format": FORMAT, "model": arch, "conv_impl": conv_impl or model.conv_impl,
              "dtype": jnp.dtype(model.dtype).name if model.dtype is not None else None,
@@ -270,10 +275,11 @@ def fold(model, variables: Mapping[str, Any], conv_impl: str | None = None) -> D
     return DeployedModel(graph, weights)
 
 
-def _thresholds(rates, n: int) -> list[float]:
-    """The threshold scale √(r·n) per head that replaces the product scale c = 1/√(r·n); a head whose rate is 0
-    (c = 0: nothing passes) never fires, an infinite threshold."""
-    return [math.sqrt(float(v) * n) if v > 0 else math.inf for v in np.asarray(rates, np.float64)]
+def _thresholds(rates, n: int, v_threshold: float = 1.0) -> list[float]:
+    """The threshold V_th·√(r·n) per head that replaces the product scale c = 1/√(r·n) before a neuron of threshold
+    V_th (c·y ≥ V_th ⇔ y ≥ V_th/c); a head whose rate is 0 (c = 0: nothing passes) never fires, an infinite
+    threshold."""
+    return [v_threshold * math.sqrt(float(v) * n) if v > 0 else math.inf for v in np.asarray(rates, np.float64)]
 
 
 def _at(tree: Mapping, path: str):

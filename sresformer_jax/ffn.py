@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from .layers import ConvBN, Dtype, Neuron
+from .layers import ConvBN, Dtype, Neuron, NeuronSpec
 from .ops import lean_backward
 
 
@@ -20,7 +20,7 @@ class GWFFN(nn.Module):
     dim: int
     ratio: int = 4
     group_size: int = 64
-    neuron: str = "LIF"
+    neuron: str | NeuronSpec = "LIF"
     conv_impl: str = "xla"
     bn_group_size: int | None = None   # train: BatchNorm statistics per group of images
     axis_name: str | None = None       # inside shard_map: this device's shard; statistics over the whole batch
@@ -35,7 +35,8 @@ class GWFFN(nn.Module):
                              f"{self.ratio}×{self.dim} hidden channels")
         kw = dict(spikes=True, conv_impl=self.conv_impl, bn_group_size=self.bn_group_size,
                   axis_name=self.axis_name, dtype=self.dtype, param_dtype=self.param_dtype)  # convs of spikes
-        neuron = lambda name: Neuron(self.neuron, param_dtype=self.param_dtype, name=name)  # noqa: E731
+        spec = NeuronSpec.of(self.neuron).fields()
+        neuron = lambda name: Neuron(**spec, param_dtype=self.param_dtype, name=name)  # noqa: E731
 
         # The two inner neurons read BatchNorm outputs: on XLA's lowering they rebuild their inputs from the
         # convolutions' outputs (which BatchNorm's backward keeps) instead of keeping membranes (neurons.Rebuild).

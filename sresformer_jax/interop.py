@@ -89,6 +89,19 @@ def from_official(cfg: Mapping[str, Any], state_dict: Mapping[str, Any], dtype=j
     return model, trees.unflatten(flat)
 
 
+def check_official_neuron(cfg: Mapping[str, Any]) -> None:
+    """Raises ``ValueError`` naming every neuron setting of the model config ``cfg`` that the official model
+    cannot express (its neurons are fixed: τ = 2, threshold 1, the ATan surrogate with α = 2); weights trained with
+    other settings would compute something else there."""
+    from .model import NEURON_DEFAULTS
+    other = {k: cfg[k] for k, v in NEURON_DEFAULTS.items() if k in cfg and cfg[k] != v
+             and not (k == "surrogate_alpha" and cfg[k] == 2.0 and cfg.get("surrogate", "atan") == "atan")}
+    if other:
+        raise ValueError("the official model cannot express " + ", ".join(f"{k}={v!r}" for k, v in other.items())
+                         + " (its neurons have " + ", ".join(f"{k}={NEURON_DEFAULTS[k]!r}" for k in other)
+                         + "); these weights would compute something else there")
+
+
 def to_official(variables: Mapping[str, Any], num_batches_tracked: int | None = 0) -> dict[str, np.ndarray]:
     """Flax variables (any subset of the collections ``params``, ``batch_stats``, ``firing_rates``, or a
     same-structured tree such as gradients under ``params``) → official names and layouts (numpy).
@@ -103,4 +116,4 @@ def to_official(variables: Mapping[str, Any], num_batches_tracked: int | None = 
     return out
 
 
-__all__ = ["from_official", "to_official", "official_name", "name_table"]
+__all__ = ["from_official", "to_official", "check_official_neuron", "official_name", "name_table"]

@@ -8,8 +8,9 @@ statistic is computed (the lowering) is a field, chosen when the model is built;
 from __future__ import annotations
 
 import functools
+import dataclasses
 import math
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -153,6 +154,32 @@ class ConvBN(nn.Module):
             y, train, repeat, rebuild)
 
 
+@dataclasses.dataclass(frozen=True)
+class NeuronSpec:
+    """The spiking neuron of every layer of a model: ``kind`` "LIF" or "PLIF", the time constant ``tau`` (PLIF: its
+    initial value, w = −ln(τ − 1)), the threshold ``v_threshold``, and the surrogate derivative of the spike
+    (``surrogate`` "atan" or "sigmoid", ``alpha``: its sharpness, None for the default). The defaults are the
+    official model's; the reset is hard, to 0, and detached from the gradient.
+
+    ``fn``: a neuron of your own instead, a pure function with ``lif``'s signature,
+    ``fn(x_seq, tau, v_threshold, surrogate, alpha) -> spikes [T, ...]`` (give it a ``jax.custom_vjp`` for its
+    surrogate gradient); spike counts, firing rates and SOPs see its spikes as any other."""
+    kind: str = "LIF"
+    tau: float = 2.0
+    v_threshold: float = 1.0
+    surrogate: str = "atan"
+    alpha: float | None = None
+    fn: Callable | None = None
+
+    @classmethod
+    def of(cls, neuron: "str | NeuronSpec") -> "NeuronSpec":
+        return neuron if isinstance(neuron, NeuronSpec) else cls(neuron)
+
+    def fields(self) -> dict:
+        """The ``Neuron`` layer's fields."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
 class Neuron(nn.Module):
     """A spiking neuron layer over time-major input [T, ...]: ``LIF`` or ``PLIF`` (param ``w``, init
     −ln(τ₀ − 1) = 0 for τ₀ = 2)."""
@@ -165,13 +192,16 @@ class Neuron(nn.Module):
     unroll: int | bool = 1
     param_dtype: jnp.dtype = jnp.float32
     count_map: bool = True  # with spike counting on: also sow the per-pixel count map of [T, B, H, W, C] spikes
+    fn: Callable | None = None   # a neuron of one's own with lif's signature (NeuronSpec.fn)
 
     @nn.compact
     def __call__(self, x_seq: jax.Array, rebuild: Rebuild | None = None) -> jax.Array:
         """Spikes of ``x_seq``; ``rebuild`` (optional): how ``x_seq`` is computed from arrays kept anyway, so that
         the backward recomputes the membranes instead of keeping them (``neurons.Rebuild``)."""
         k = None
-        if self.kind == "LIF":
+        if self.fn is not None:
+            s = self.fn(x_seq, self.tau, self.v_threshold, self.surrogate, self.alpha)
+        elif self.kind == "LIF":
             s = lif(x_seq, self.tau, self.v_threshold, self.surrogate, self.alpha, self.unroll, rebuild)
         elif self.kind == "PLIF":
             w0 = -math.log(self.tau - 1.0)
@@ -183,7 +213,7 @@ class Neuron(nn.Module):
         s = checkpoint_name(s, "spikes")      # names what the backward keeps (memory report, remat policies)
         if self.is_mutable_collection(SPIKES) and not self.is_initializing():      # probes: only when asked
             self.sow(SPIKES, "spikes", s)
-        if self.is_mutable_collection(MEMBRANES) and not self.is_initializing():
+        if self.is_mutable_collection(MEMBRANES) and not self.is_initializing() and self.fn is None:
             self.sow(MEMBRANES, "membranes", membranes(x_seq, self.v_threshold, tau=self.tau, k=k))
         if self.is_mutable_collection(SPIKE_COUNTS) and not self.is_initializing():
             # Exact integer counts (only computed when the caller asks for this collection).

@@ -9,7 +9,7 @@ no neuron, it is computed once and broadcast over T (exact, BatchNorm's unbiased
 from __future__ import annotations
 
 import functools
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +19,8 @@ from jax.ad_checkpoint import checkpoint_name
 from . import architecture, trees
 from .attention import DSSA, FIRING_RATES, FiringRatesNotSetError, check_firing_rates
 from .ffn import GWFFN
-from .layers import ConvBN, Dtype, Neuron, max_pool, trunc_normal_init
+from .layers import ConvBN, Dtype, Neuron, NeuronSpec, max_pool, trunc_normal_init
+from .neurons import SURROGATES
 from .ops import LOWERINGS, resolve_conv_impl
 
 BATCH_STATS = "batch_stats"
@@ -41,7 +42,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
                                   dvs=True),
 }
 CONFIG_KEYS = ("blocks", "planes", "num_heads", "patch_sizes", "img_size", "T", "in_channels",
-               "num_classes", "prologue", "group_size", "activation", "dvs")
+               "num_classes", "prologue", "group_size", "activation", "dvs", "tau", "v_threshold", "surrogate",
+               "surrogate_alpha")
+# the neuron's settings (layers.NeuronSpec), the official values; every variant has them
+NEURON_DEFAULTS = dict(tau=2.0, v_threshold=1.0, surrogate="atan", surrogate_alpha=None)
 # model config keys that are not the architecture (CONFIG_KEYS, stored with every checkpoint) but decide how a
 # training program computes: its lowering, and BatchNorm's statistics groups
 TRAINING_MODEL_KEYS = ("conv_impl", "bn_group_size")
@@ -53,7 +57,7 @@ class Downsample(nn.Module):
     """LIF → Conv3×3 (stride 2, pad 1) → BN; no shortcut."""
 
     features: int
-    neuron: str = "LIF"
+    neuron: str | NeuronSpec = "LIF"
     conv_impl: str = "xla"
     bn_group_size: int | None = None
     axis_name: str | None = None
@@ -62,7 +66,7 @@ class Downsample(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        s = Neuron(self.neuron, param_dtype=self.param_dtype, name="lif")(x)
+        s = Neuron(**NeuronSpec.of(self.neuron).fields(), param_dtype=self.param_dtype, name="lif")(x)
         return ConvBN(self.features, 3, stride=2, padding=1, spikes=True, conv_impl=self.conv_impl,
                       bn_group_size=self.bn_group_size, axis_name=self.axis_name, dtype=self.dtype,
                       param_dtype=self.param_dtype, name="conv")(s, train)
@@ -124,6 +128,11 @@ class SpikingResformer(nn.Module):
     group_size: int = 64
     activation: str = "LIF"            # "LIF" or "PLIF"
     dvs: bool = False                  # input carries its own time axis [B, T, H, W, C]
+    tau: float = 2.0                   # the neuron (layers.NeuronSpec): time constant (PLIF: initial), threshold,
+    v_threshold: float = 1.0           #   surrogate derivative and its α (None: the surrogate's default)
+    surrogate: str = "atan"
+    surrogate_alpha: float | None = None
+    neuron_fn: Callable | None = None  # a neuron of one's own (layers.NeuronSpec.fn); not stored in checkpoints
     dtype: Dtype | None = None         # computation dtype (None: the input's)
     param_dtype: Dtype = jnp.float32
     remat: str | bool = "none"         # REMAT_POLICIES: what the stem and each block keep for the backward pass
@@ -158,6 +167,12 @@ class SpikingResformer(nn.Module):
         model.validate()
         return model
 
+    def neuron_spec(self) -> NeuronSpec:
+        """The neuron of every spiking layer (``activation``, ``tau``, ``v_threshold``, ``surrogate``,
+        ``surrogate_alpha``)."""
+        return NeuronSpec(self.activation, float(self.tau), float(self.v_threshold), self.surrogate,
+                          None if self.surrogate_alpha is None else float(self.surrogate_alpha), self.neuron_fn)
+
     def config(self) -> dict[str, Any]:
         """The model's config dict (the golden files' keys), e.g. for checkpoints."""
         return {k: list(v) if isinstance(v, tuple) else v
@@ -173,6 +188,15 @@ class SpikingResformer(nn.Module):
             raise ValueError(f"T must be >= 1, got {self.T}")
         if self.prologue not in ("default", "conv3x3"):
             raise ValueError(f"prologue must be 'default' or 'conv3x3', got {self.prologue!r}")
+        if not (isinstance(self.tau, (int, float)) and self.tau > 1):
+            raise ValueError(f"tau must be a number > 1 (the membrane time constant), got {self.tau!r}")
+        if not (isinstance(self.v_threshold, (int, float)) and self.v_threshold > 0):
+            raise ValueError(f"v_threshold must be a positive number, got {self.v_threshold!r}")
+        if self.surrogate not in SURROGATES:
+            raise ValueError(f"surrogate must be one of {SURROGATES}, got {self.surrogate!r}")
+        if self.surrogate_alpha is not None and not (isinstance(self.surrogate_alpha, (int, float))
+                                                     and self.surrogate_alpha > 0):
+            raise ValueError(f"surrogate_alpha must be a positive number or None, got {self.surrogate_alpha!r}")
         if self.activation not in ("LIF", "PLIF"):
             raise ValueError(f"activation must be 'LIF' or 'PLIF', got {self.activation!r}")
         for c, h in zip(self.planes, self.num_heads):
@@ -230,6 +254,7 @@ class SpikingResformer(nn.Module):
         self._check_input(x)
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         lowered = dict(kw, conv_impl=self.conv_impl, bn_group_size=self.bn_group_size, axis_name=self.axis_name)
+        neuron = self.neuron_spec()
         dtype = self.dtype or x.dtype
         x = x.astype(dtype)
         first, *rest = architecture.blocks(self)
@@ -248,12 +273,12 @@ class SpikingResformer(nn.Module):
                 x = jnp.broadcast_to(x[None], (self.T,) + x.shape)            # [T, B, H, W, C]
             for b in parts:
                 if b.kind == "downsample":
-                    x = Downsample(b.channels, self.activation, name=b.path, parent=mdl, **lowered)(x, train)
+                    x = Downsample(b.channels, neuron, name=b.path, parent=mdl, **lowered)(x, train)
                 elif b.kind == "dssa":
-                    x = DSSA(b.channels, b.heads, b.patch, self.activation, name=b.path, parent=mdl, **lowered)(
+                    x = DSSA(b.channels, b.heads, b.patch, neuron, name=b.path, parent=mdl, **lowered)(
                         x, train)
                 else:
-                    x = GWFFN(b.channels, group_size=self.group_size, neuron=self.activation, name=b.path,
+                    x = GWFFN(b.channels, group_size=self.group_size, neuron=neuron, name=b.path,
                               parent=mdl, **lowered)(x, train)
             return x
 
@@ -286,7 +311,8 @@ def config_for(name: str, **overrides) -> dict[str, Any]:
     """The config dict of a registered variant, with overrides (e.g. ``num_classes=100, img_size=32``)."""
     if name not in VARIANTS:
         raise ValueError(f"unknown variant {name!r}; choose one of {sorted(VARIANTS)}")
-    cfg = dict(VARIANTS[name], **overrides)
+    cfg = dict(VARIANTS[name], **NEURON_DEFAULTS)
+    cfg.update(overrides)
     return {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}
 
 
@@ -389,4 +415,4 @@ def by_path(collection: Mapping) -> dict[str, jax.Array]:
 
 __all__ = ["SpikingResformer", "Downsample", "VARIANTS", "CONFIG_KEYS", "TRAINING_MODEL_KEYS", "PRECISIONS",
            "BATCH_STATS", "FIRING_RATES", "STATE_COLLECTIONS", "FiringRatesNotSetError", "config_for", "create_model",
-           "build_model", "dummy_input", "init_key", "init_variables", "calibrate", "check_calibrated", "count_params", "by_path"]
+           "NEURON_DEFAULTS", "build_model", "dummy_input", "init_key", "init_variables", "calibrate", "check_calibrated", "count_params", "by_path"]

@@ -81,3 +81,63 @@ def test_float64_and_bfloat16(x64):
     out16 = jax.jit(lambda v, x: half.apply(v, x, train=False))(v32, x.astype(jnp.float32))
     assert bool(jnp.all(jnp.isfinite(out16)))
     np.testing.assert_allclose(np.asarray(out16, np.float64).mean(0), np.asarray(out).mean(0), atol=0.5)
+
+
+def test_the_neuron_is_part_of_the_model_config(x64, tmp_path):
+    """τ, the threshold and the surrogate are fields of the model and of its stored config; the spikes and membranes
+    probes see them, the deploy form honours them (float64, exact), and the official export refuses them."""
+    from sresformer_jax import architecture, deploy, interop
+    from sresformer_jax.checkpoint import load_model, save_model
+    from sresformer_jax.model import by_path
+
+    model, _, variables, x = _setup("xla", dtype=jnp.float64, param_dtype=jnp.float64)
+    other = model.clone(tau=3.0, v_threshold=0.6, surrogate="sigmoid", surrogate_alpha=3.0)
+    assert other.config()["tau"] == 3.0 and model.config()["tau"] == 2.0
+    variables = calibrate(other, variables, x)
+    logits, probes = other.apply(variables, x, train=False, mutable=["spikes", "membranes"])
+    spikes, potentials = by_path(probes["spikes"]), by_path(probes["membranes"])
+    assert list(spikes) == list(potentials) == [n.path for n in architecture.neurons(other)]   # forward order
+    for path in spikes:
+        np.testing.assert_array_equal(spikes[path], (potentials[path] >= 0.6).astype(spikes[path].dtype))
+    assert not np.allclose(logits, model.apply(calibrate(model, variables, x), x, train=False))
+    np.testing.assert_allclose(deploy.fold(other, variables)(x), logits, rtol=1e-9, atol=1e-9)
+
+    save_model(tmp_path / "m", variables, other.config())
+    loaded, _ = load_model(tmp_path / "m", conv_impl="xla")
+    assert loaded.neuron_spec() == other.neuron_spec()
+    interop.check_official_neuron(model.config())
+    with pytest.raises(ValueError, match="cannot express tau=3.0, v_threshold=0.6, surrogate='sigmoid'"):
+        interop.check_official_neuron(other.config())
+    with pytest.raises(ValueError, match="v_threshold must be a positive number"):
+        _model("xla").clone(v_threshold=0.0).validate()
+
+
+def test_a_neuron_of_ones_own_trains_and_is_counted():
+    """A user's neuron (soft reset here), a pure function with lif's signature and a custom VJP through ``spike``:
+    the model trains with it, and the spike counts, firing rates and SOPs see its spikes."""
+    from sresformer_jax import deploy, energy
+    from sresformer_jax.neurons import spike
+
+    def soft_reset_lif(x_seq, tau, v_threshold, surrogate, alpha):
+        def step(v, x):
+            h = v + (x - v) / tau
+            s = spike(h - v_threshold, surrogate, alpha)
+            return h - jax.lax.stop_gradient(s) * v_threshold, s
+        return jax.lax.scan(step, jnp.zeros_like(x_seq[0]), x_seq)[1]
+
+    model, _, variables, x = _setup("xla")
+    own = model.clone(neuron_fn=soft_reset_lif)
+    variables = calibrate(own, variables, x)
+    out, counts = own.apply(variables, x, train=True, mutable=["spike_counts", "batch_stats", "firing_rates"])
+    rates = energy.firing_rates(counts["spike_counts"], keys="path")                # a training step fires
+    assert len(rates) == 20 and 0 < sum(rates.values()) and energy.energy_report(
+        own, counts["spike_counts"], x.shape[0])["sops_per_image"] > 0
+    plain, _ = model.apply(variables, x, train=True, mutable=["batch_stats", "firing_rates"])
+    assert not np.allclose(out, plain)
+
+    def loss(p):
+        o, _ = own.apply({**variables, "params": p}, x, train=True, mutable=["batch_stats", "firing_rates"])
+        return jnp.mean(o ** 2)
+    chex.assert_tree_all_finite(jax.jit(jax.grad(loss))(variables["params"]))
+    with pytest.raises(ValueError, match="neuron of its own"):
+        deploy.fold(own, variables)

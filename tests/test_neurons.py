@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from sresformer_jax.layers import Neuron
-from sresformer_jax.neurons import lif, plif, spike, surrogate_grad
+from sresformer_jax.neurons import lif, membranes, plif, spike, surrogate_grad
 
 
 def test_lif_constant_input_one_never_fires():
@@ -125,29 +125,35 @@ def test_unknown_kinds_are_refused():
         Neuron("IF").init(jax.random.PRNGKey(0), jnp.ones((2, 2)))
 
 
-def _autodiff_reference(x_seq, k, tau, v_th=1.0):
+def _autodiff_reference(x_seq, k, tau, v_th=1.0, surrogate="atan", alpha=None):
     """The neuron as plain autodiff through a scan (the formulation before the custom VJP)."""
     def step(v, x):
         h = v + (x - v) / tau if tau is not None else v + (x - v) * k
-        s = spike(h - v_th)
+        s = spike(h - v_th, surrogate, alpha)
         return (1.0 - jax.lax.stop_gradient(s)) * h, s
     return jax.lax.scan(step, jnp.zeros_like(x_seq[0]), x_seq)[1]
 
 
 @pytest.mark.parametrize("kind", ["LIF", "PLIF"])
-def test_neuron_custom_vjp_equals_autodiff_through_the_scan(x64, kind):
+@pytest.mark.parametrize("tau,v_th,surrogate,alpha", [(2.0, 1.0, "atan", None), (3.0, 0.6, "sigmoid", 3.0),
+                                                      (1.5, 1.4, "atan", 4.0)], ids=["official", "other1", "other2"])
+def test_neuron_custom_vjp_equals_autodiff_through_the_scan(x64, kind, tau, v_th, surrogate, alpha):
     """The custom VJP (keeps only H, recomputes S and V[t−1]) gives autodiff's gradients in float64, for x and
-    for PLIF's w, including steps that fire and hard-reset."""
+    for PLIF's w, including steps that fire and hard-reset; with the official neuron and with other time
+    constants, thresholds and surrogates. ``membranes`` gives the potentials whose crossings are the spikes."""
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.uniform(-1, 3, (6, 5, 7)))                   # many spikes and resets
     ct = jnp.asarray(rng.standard_normal((6, 5, 7)))
     w = jnp.asarray(0.3)
     if kind == "LIF":
-        ours = lambda x, w: lif(x)                                    # noqa: E731
-        ref = lambda x, w: _autodiff_reference(x, None, 2.0)         # noqa: E731
+        ours = lambda x, w: lif(x, tau, v_th, surrogate, alpha)      # noqa: E731
+        ref = lambda x, w: _autodiff_reference(x, None, tau, v_th, surrogate, alpha)  # noqa: E731
+        h = membranes(x, v_th, tau=tau)
     else:
-        ours = lambda x, w: plif(x, w)                                # noqa: E731
-        ref = lambda x, w: _autodiff_reference(x, jax.nn.sigmoid(w), None)  # noqa: E731
+        ours = lambda x, w: plif(x, w, v_th, surrogate, alpha)       # noqa: E731
+        ref = lambda x, w: _autodiff_reference(x, jax.nn.sigmoid(w), None, v_th, surrogate, alpha)  # noqa: E731
+        h = membranes(x, v_th, k=jax.nn.sigmoid(w))
+    np.testing.assert_array_equal(ours(x, w), (h >= v_th).astype(x.dtype))
     s1, vjp1 = jax.vjp(ours, x, w)
     s2, vjp2 = jax.vjp(ref, x, w)
     np.testing.assert_array_equal(s1, s2)

@@ -46,6 +46,9 @@ def check(workdir: Path, config: Mapping[str, Any], stored: Mapping[str, Any] | 
     ``loss_scale.*`` only matters to (and may only not change in) float16 runs."""
     if stored is None:
         return []
+    from ..model import NEURON_DEFAULTS       # runs stored before the neuron was a field had the official one
+    if isinstance(stored.get("model"), Mapping):
+        stored = {**stored, "model": {**NEURON_DEFAULTS, **stored["model"]}}
     diffs = differences(stored, config)
     fp16 = config.get("precision") == "float16" or stored.get("precision") == "float16"
     refused = [d for d in diffs if d[0] not in SAFE_TO_CHANGE and (fp16 or not d[0].startswith("loss_scale."))]
