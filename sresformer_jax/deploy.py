@@ -132,9 +132,11 @@ def _spike_operand(name: str, s: jax.Array) -> jax.Array:
     return s
 
 
-def _lif(x: jax.Array, threshold, w: jax.Array | None, tau: float = 2.0) -> jax.Array:
-    """Spikes (bool) of a LIF (``w`` None, time constant ``tau``) or PLIF (k = sigmoid(w)) with ``threshold``."""
-    return fire(x, threshold, tau=tau, k=None if w is None else jax.nn.sigmoid(w).astype(x.dtype), unroll=True)
+def _lif(x: jax.Array, threshold, w: jax.Array | None, tau: float = 2.0, v_reset=0.0) -> jax.Array:
+    """Spikes (bool) of a LIF (``w`` None, time constant ``tau``) or PLIF (k = sigmoid(w)) with ``threshold`` and
+    a hard reset to ``v_reset`` (None: soft)."""
+    return fire(x, threshold, tau=tau, k=None if w is None else jax.nn.sigmoid(w).astype(x.dtype), v_reset=v_reset,
+                unroll=True)
 
 
 def forward(graph: Mapping[str, Any], w: Mapping[str, jax.Array], x: jax.Array, count_spikes: bool = False):
@@ -153,11 +155,14 @@ def forward(graph: Mapping[str, Any], w: Mapping[str, jax.Array], x: jax.Array, 
     x = x.astype(dtype)
     plif = arch["activation"] == "PLIF"
     tau, v_threshold = arch.get("tau", 2.0), arch.get("v_threshold", 1.0)     # exports before these: the defaults
+    v_reset = arch.get("v_reset", 0.0)
     counts: dict = {}
     thresholds = graph["thresholds"]
 
     def lif(name: str, z: jax.Array, threshold=v_threshold, count_map: bool = True) -> jax.Array:
-        s = _lif(z, threshold, w[f"{name}/w"] if plif else None, tau)
+        # a scale c folded into the threshold (V_th/c) scales the hard reset's value alike (v_reset/c)
+        reset = v_reset if v_reset in (None, 0.0) else v_reset * (jnp.asarray(threshold, z.dtype) / v_threshold)
+        s = _lif(z, threshold, w[f"{name}/w"] if plif else None, tau, reset)
         if count_spikes:
             module, neuron = name.split("/")
             si = s.astype(jnp.int32)

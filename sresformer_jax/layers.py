@@ -158,8 +158,9 @@ class ConvBN(nn.Module):
 class NeuronSpec:
     """The spiking neuron of every layer of a model: ``kind`` "LIF" or "PLIF", the time constant ``tau`` (PLIF: its
     initial value, w = −ln(τ − 1)), the threshold ``v_threshold``, and the surrogate derivative of the spike
-    (``surrogate`` "atan" or "sigmoid", ``alpha``: its sharpness, None for the default). The defaults are the
-    official model's; the reset is hard, to 0, and detached from the gradient.
+    (``surrogate`` "atan" or "sigmoid", ``alpha``: its sharpness, None for the default), and the reset: hard, to
+    ``v_reset`` (None: soft, V = H − V_th·S), detached from the gradient unless ``detach_reset`` is False. The
+    defaults are the official model's (a hard reset to 0, detached).
 
     ``fn``: a neuron of your own instead, a pure function with ``lif``'s signature,
     ``fn(x_seq, tau, v_threshold, surrogate, alpha) -> spikes [T, ...]`` (give it a ``jax.custom_vjp`` for its
@@ -169,6 +170,8 @@ class NeuronSpec:
     v_threshold: float = 1.0
     surrogate: str = "atan"
     alpha: float | None = None
+    v_reset: float | None = 0.0
+    detach_reset: bool = True
     fn: Callable | None = None
 
     @classmethod
@@ -192,6 +195,8 @@ class Neuron(nn.Module):
     unroll: int | bool = 1
     param_dtype: jnp.dtype = jnp.float32
     count_map: bool = True  # with spike counting on: also sow the per-pixel count map of [T, B, H, W, C] spikes
+    v_reset: float | None = 0.0  # hard reset value; None: soft reset
+    detach_reset: bool = True
     fn: Callable | None = None   # a neuron of one's own with lif's signature (NeuronSpec.fn)
 
     @nn.compact
@@ -202,11 +207,13 @@ class Neuron(nn.Module):
         if self.fn is not None:
             s = self.fn(x_seq, self.tau, self.v_threshold, self.surrogate, self.alpha)
         elif self.kind == "LIF":
-            s = lif(x_seq, self.tau, self.v_threshold, self.surrogate, self.alpha, self.unroll, rebuild)
+            s = lif(x_seq, self.tau, self.v_threshold, self.surrogate, self.alpha, self.unroll, rebuild,
+                    v_reset=self.v_reset, detach_reset=self.detach_reset)
         elif self.kind == "PLIF":
             w0 = -math.log(self.tau - 1.0)
             w = self.param("w", lambda _: jnp.asarray(w0, self.param_dtype))
-            s = plif(x_seq, w, self.v_threshold, self.surrogate, self.alpha, self.unroll, rebuild)
+            s = plif(x_seq, w, self.v_threshold, self.surrogate, self.alpha, self.unroll, rebuild,
+                     v_reset=self.v_reset, detach_reset=self.detach_reset)
             k = jax.nn.sigmoid(w).astype(x_seq.dtype)
         else:
             raise ValueError(f"unknown neuron kind {self.kind!r}; choose 'LIF' or 'PLIF'")
@@ -214,7 +221,8 @@ class Neuron(nn.Module):
         if self.is_mutable_collection(SPIKES) and not self.is_initializing():      # probes: only when asked
             self.sow(SPIKES, "spikes", s)
         if self.is_mutable_collection(MEMBRANES) and not self.is_initializing() and self.fn is None:
-            self.sow(MEMBRANES, "membranes", membranes(x_seq, self.v_threshold, tau=self.tau, k=k))
+            self.sow(MEMBRANES, "membranes", membranes(x_seq, self.v_threshold, tau=self.tau, k=k,
+                                                            v_reset=self.v_reset))
         if self.is_mutable_collection(SPIKE_COUNTS) and not self.is_initializing():
             # Exact integer counts (only computed when the caller asks for this collection).
             si = jax.lax.stop_gradient(s).astype(jnp.int32)

@@ -43,9 +43,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 CONFIG_KEYS = ("blocks", "planes", "num_heads", "patch_sizes", "img_size", "T", "in_channels",
                "num_classes", "prologue", "group_size", "activation", "dvs", "tau", "v_threshold", "surrogate",
-               "surrogate_alpha")
+               "surrogate_alpha", "v_reset", "detach_reset")
 # the neuron's settings (layers.NeuronSpec), the official values; every variant has them
-NEURON_DEFAULTS = dict(tau=2.0, v_threshold=1.0, surrogate="atan", surrogate_alpha=None)
+NEURON_DEFAULTS = dict(tau=2.0, v_threshold=1.0, surrogate="atan", surrogate_alpha=None, v_reset=0.0,
+                       detach_reset=True)
 # model config keys that are not the architecture (CONFIG_KEYS, stored with every checkpoint) but decide how a
 # training program computes: its lowering, and BatchNorm's statistics groups
 TRAINING_MODEL_KEYS = ("conv_impl", "bn_group_size")
@@ -132,6 +133,8 @@ class SpikingResformer(nn.Module):
     v_threshold: float = 1.0           #   surrogate derivative and its α (None: the surrogate's default)
     surrogate: str = "atan"
     surrogate_alpha: float | None = None
+    v_reset: float | None = 0.0        #   the reset: hard to v_reset (None: soft, V = H − V_th·S), detached or not
+    detach_reset: bool = True
     neuron_fn: Callable | None = None  # a neuron of one's own (layers.NeuronSpec.fn); not stored in checkpoints
     dtype: Dtype | None = None         # computation dtype (None: the input's)
     param_dtype: Dtype = jnp.float32
@@ -169,9 +172,11 @@ class SpikingResformer(nn.Module):
 
     def neuron_spec(self) -> NeuronSpec:
         """The neuron of every spiking layer (``activation``, ``tau``, ``v_threshold``, ``surrogate``,
-        ``surrogate_alpha``)."""
+        ``surrogate_alpha``, ``v_reset``, ``detach_reset``, ``neuron_fn``)."""
         return NeuronSpec(self.activation, float(self.tau), float(self.v_threshold), self.surrogate,
-                          None if self.surrogate_alpha is None else float(self.surrogate_alpha), self.neuron_fn)
+                          None if self.surrogate_alpha is None else float(self.surrogate_alpha),
+                          None if self.v_reset is None else float(self.v_reset), bool(self.detach_reset),
+                          self.neuron_fn)
 
     def config(self) -> dict[str, Any]:
         """The model's config dict (the golden files' keys), e.g. for checkpoints."""
@@ -197,6 +202,10 @@ class SpikingResformer(nn.Module):
         if self.surrogate_alpha is not None and not (isinstance(self.surrogate_alpha, (int, float))
                                                      and self.surrogate_alpha > 0):
             raise ValueError(f"surrogate_alpha must be a positive number or None, got {self.surrogate_alpha!r}")
+        if self.v_reset is not None and not isinstance(self.v_reset, (int, float)):
+            raise ValueError(f"v_reset must be a number (hard reset) or None (soft reset), got {self.v_reset!r}")
+        if not isinstance(self.detach_reset, bool):
+            raise ValueError(f"detach_reset must be True or False, got {self.detach_reset!r}")
         if self.activation not in ("LIF", "PLIF"):
             raise ValueError(f"activation must be 'LIF' or 'PLIF', got {self.activation!r}")
         for c, h in zip(self.planes, self.num_heads):

@@ -70,7 +70,7 @@ def test_every_product_after_the_stem_must_take_spikes(monkeypatch, x64):
     naming the layer."""
     g, model, variables, x, _ = _trained("cifar_style_lif_t4.npz", IMPLS[-1])
     fn = deploy.fold(model, variables)
-    monkeypatch.setattr(deploy, "_lif", lambda z, threshold, w, tau: z * 0.5)
+    monkeypatch.setattr(deploy, "_lif", lambda z, threshold, w, tau, reset: z * 0.5)
     with pytest.raises(deploy.NotSpikeDrivenError, match="stage1_dssa1/kv got a float64 operand"):
         fn.apply(fn.weights, x)
 

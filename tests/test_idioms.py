@@ -90,24 +90,29 @@ def test_the_neuron_is_part_of_the_model_config(x64, tmp_path):
     from sresformer_jax.checkpoint import load_model, save_model
     from sresformer_jax.model import by_path
 
-    model, _, variables, x = _setup("xla", dtype=jnp.float64, param_dtype=jnp.float64)
+    model, _, fresh, x = _setup("xla", dtype=jnp.float64, param_dtype=jnp.float64)
+    official = model.apply(calibrate(model, fresh, x), x, train=False)
+    for other in (model.clone(tau=3.0, v_threshold=0.6, surrogate="sigmoid", surrogate_alpha=3.0, v_reset=-0.2),
+                  model.clone(v_reset=None, detach_reset=False)):                    # a soft reset
+        variables = calibrate(other, fresh, x)
+        logits, probes = other.apply(variables, x, train=False, mutable=["spikes", "membranes"])
+        spikes, potentials = by_path(probes["spikes"]), by_path(probes["membranes"])
+        assert list(spikes) == list(potentials) == [n.path for n in architecture.neurons(other)]   # forward order
+        for path in spikes:
+            np.testing.assert_array_equal(spikes[path], (potentials[path] >= other.v_threshold).astype(float))
+        assert not np.allclose(logits, official)
+        np.testing.assert_allclose(deploy.fold(other, variables)(x), logits, rtol=1e-9, atol=1e-9)
     other = model.clone(tau=3.0, v_threshold=0.6, surrogate="sigmoid", surrogate_alpha=3.0)
     assert other.config()["tau"] == 3.0 and model.config()["tau"] == 2.0
-    variables = calibrate(other, variables, x)
-    logits, probes = other.apply(variables, x, train=False, mutable=["spikes", "membranes"])
-    spikes, potentials = by_path(probes["spikes"]), by_path(probes["membranes"])
-    assert list(spikes) == list(potentials) == [n.path for n in architecture.neurons(other)]   # forward order
-    for path in spikes:
-        np.testing.assert_array_equal(spikes[path], (potentials[path] >= 0.6).astype(spikes[path].dtype))
-    assert not np.allclose(logits, model.apply(calibrate(model, variables, x), x, train=False))
-    np.testing.assert_allclose(deploy.fold(other, variables)(x), logits, rtol=1e-9, atol=1e-9)
 
-    save_model(tmp_path / "m", variables, other.config())
+    save_model(tmp_path / "m", calibrate(other, fresh, x), other.config())
     loaded, _ = load_model(tmp_path / "m", conv_impl="xla")
     assert loaded.neuron_spec() == other.neuron_spec()
     interop.check_official_neuron(model.config())
     with pytest.raises(ValueError, match="cannot express tau=3.0, v_threshold=0.6, surrogate='sigmoid'"):
         interop.check_official_neuron(other.config())
+    with pytest.raises(ValueError, match="cannot express v_reset=None, detach_reset=False"):
+        interop.check_official_neuron(model.clone(v_reset=None, detach_reset=False).config())
     with pytest.raises(ValueError, match="v_threshold must be a positive number"):
         _model("xla").clone(v_threshold=0.0).validate()
 

@@ -125,19 +125,23 @@ def test_unknown_kinds_are_refused():
         Neuron("IF").init(jax.random.PRNGKey(0), jnp.ones((2, 2)))
 
 
-def _autodiff_reference(x_seq, k, tau, v_th=1.0, surrogate="atan", alpha=None):
-    """The neuron as plain autodiff through a scan (the formulation before the custom VJP)."""
+def _autodiff_reference(x_seq, k, tau, v_th=1.0, surrogate="atan", alpha=None, v_reset=0.0, detach=True):
+    """The neuron as plain autodiff through a scan (SpikingJelly's formulation: the membrane starts at v_reset)."""
     def step(v, x):
         h = v + (x - v) / tau if tau is not None else v + (x - v) * k
         s = spike(h - v_th, surrogate, alpha)
-        return (1.0 - jax.lax.stop_gradient(s)) * h, s
-    return jax.lax.scan(step, jnp.zeros_like(x_seq[0]), x_seq)[1]
+        r = jax.lax.stop_gradient(s) if detach else s
+        return ((1.0 - r) * h + r * v_reset if v_reset is not None else h - r * v_th), s
+    v0 = jnp.zeros_like(x_seq[0]) + (0.0 if v_reset is None else v_reset)
+    return jax.lax.scan(step, v0, x_seq)[1]
 
 
 @pytest.mark.parametrize("kind", ["LIF", "PLIF"])
-@pytest.mark.parametrize("tau,v_th,surrogate,alpha", [(2.0, 1.0, "atan", None), (3.0, 0.6, "sigmoid", 3.0),
-                                                      (1.5, 1.4, "atan", 4.0)], ids=["official", "other1", "other2"])
-def test_neuron_custom_vjp_equals_autodiff_through_the_scan(x64, kind, tau, v_th, surrogate, alpha):
+@pytest.mark.parametrize("tau,v_th,surrogate,alpha,v_reset,detach", [
+    (2.0, 1.0, "atan", None, 0.0, True), (3.0, 0.6, "sigmoid", 3.0, 0.0, True), (1.5, 1.4, "atan", 4.0, -0.3, True),
+    (2.0, 1.0, "atan", None, None, True), (2.5, 0.8, "atan", None, 0.2, False), (2.0, 1.0, "sigmoid", None, None, False)],
+    ids=["official", "other1", "reset-0.3", "soft", "reset0.2-attached", "soft-attached"])
+def test_neuron_custom_vjp_equals_autodiff_through_the_scan(x64, kind, tau, v_th, surrogate, alpha, v_reset, detach):
     """The custom VJP (keeps only H, recomputes S and V[t−1]) gives autodiff's gradients in float64, for x and
     for PLIF's w, including steps that fire and hard-reset; with the official neuron and with other time
     constants, thresholds and surrogates. ``membranes`` gives the potentials whose crossings are the spikes."""
@@ -146,13 +150,14 @@ def test_neuron_custom_vjp_equals_autodiff_through_the_scan(x64, kind, tau, v_th
     ct = jnp.asarray(rng.standard_normal((6, 5, 7)))
     w = jnp.asarray(0.3)
     if kind == "LIF":
-        ours = lambda x, w: lif(x, tau, v_th, surrogate, alpha)      # noqa: E731
-        ref = lambda x, w: _autodiff_reference(x, None, tau, v_th, surrogate, alpha)  # noqa: E731
-        h = membranes(x, v_th, tau=tau)
+        ours = lambda x, w: lif(x, tau, v_th, surrogate, alpha, v_reset=v_reset, detach_reset=detach)  # noqa: E731
+        ref = lambda x, w: _autodiff_reference(x, None, tau, v_th, surrogate, alpha, v_reset, detach)  # noqa: E731
+        h = membranes(x, v_th, tau=tau, v_reset=v_reset)
     else:
-        ours = lambda x, w: plif(x, w, v_th, surrogate, alpha)       # noqa: E731
-        ref = lambda x, w: _autodiff_reference(x, jax.nn.sigmoid(w), None, v_th, surrogate, alpha)  # noqa: E731
-        h = membranes(x, v_th, k=jax.nn.sigmoid(w))
+        ours = lambda x, w: plif(x, w, v_th, surrogate, alpha, v_reset=v_reset, detach_reset=detach)  # noqa: E731
+        ref = lambda x, w: _autodiff_reference(x, jax.nn.sigmoid(w), None, v_th, surrogate, alpha,  # noqa: E731
+                                               v_reset, detach)
+        h = membranes(x, v_th, k=jax.nn.sigmoid(w), v_reset=v_reset)
     np.testing.assert_array_equal(ours(x, w), (h >= v_th).astype(x.dtype))
     s1, vjp1 = jax.vjp(ours, x, w)
     s2, vjp2 = jax.vjp(ref, x, w)
