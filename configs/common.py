@@ -4,7 +4,22 @@ Not a config to run: the recipes beside it start from ``base_config()`` and set 
 """
 import ml_collections
 
-from sresformer_jax.model import config_for
+from sresformer_jax.model import NEURON_DEFAULTS, config_for
+
+
+def neuron_config(**overrides) -> dict:
+    """The neuron's fields (sresformer_jax.layers.NeuronSpec) at the official values: τ 2, threshold 1, the ATan
+    surrogate (α None: its default, 2), a hard reset to 0, detached. ``--config.model.v_reset=None`` gives a soft
+    reset, ``--config.model.surrogate_alpha=3`` another sharpness."""
+    fields = dict(tau=2.0, v_threshold=1.0, surrogate="atan", detach_reset=True,
+                  surrogate_alpha=ml_collections.FieldReference(None, field_type=float),
+                  v_reset=ml_collections.FieldReference(0.0, field_type=float))
+    for k, v in overrides.items():
+        if isinstance(fields[k], ml_collections.FieldReference):
+            fields[k].set(v)
+        else:
+            fields[k] = v
+    return fields
 
 
 def model_config(variant: str, conv_impl: str = "auto", bn_group_size: int | None = None,
@@ -14,9 +29,10 @@ def model_config(variant: str, conv_impl: str = "auto", bn_group_size: int | Non
     ``bn_group_size`` (images per BatchNorm statistics group in training; None: the whole global batch).
     Sequences are tuples so that they can be overridden on the command line (--config.model.num_heads='(1,3,6)')."""
     cfg = config_for(variant, **overrides)
+    neuron = neuron_config(**{k: cfg.pop(k) for k in NEURON_DEFAULTS})
     group = ml_collections.config_dict.placeholder(int) if bn_group_size is None else bn_group_size
     return ml_collections.ConfigDict({**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()},
-                                      "conv_impl": conv_impl, "bn_group_size": group})
+                                      **neuron, "conv_impl": conv_impl, "bn_group_size": group})
 
 
 def base_config() -> ml_collections.ConfigDict:

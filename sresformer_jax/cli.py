@@ -8,6 +8,7 @@ A bad flag, config or input ends in one line on stderr and exit status 2 (1 for 
 from __future__ import annotations
 
 import difflib
+import functools
 import os
 import shlex
 import signal
@@ -78,12 +79,30 @@ def _unknown_override(argv: list[str], fv_factory) -> str | None:
     return None
 
 
+def _make(args: list[str], define) -> flags.FlagValues:
+    """Defines the flags on a fresh FlagValues and parses ``args`` (``--config.x=None`` sets a field to None)."""
+    fv = flags.FlagValues()
+    define(fv, [a for a in args if not _is_none_override(a)])
+    fv([a for a in args if not _is_none_override(a)])
+    for a in filter(_is_none_override, args):         # --config.x=None: config_flags parses no None
+        *parents, leaf = a[len("--config."):-len("=None")].split(".")
+        node = fv.config
+        for p in parents:
+            node = node[p]
+        if leaf not in node:
+            raise KeyError(leaf)
+        node[leaf] = None
+    return fv
+
+
+def _is_none_override(arg: str) -> bool:
+    return arg.startswith("--config.") and arg.endswith("=None")
+
+
 def _config_help(argv: list[str], define) -> str:
     """The fields of the ``--config`` on the command line (with its overrides) and their values, one per line."""
     try:
-        fv = flags.FlagValues()
-        define(fv, argv)
-        fv(argv)
+        fv = _make(argv, define)
         config, spec = fv.config, fv["config"].config_filename
     except Exception as err:  # noqa: BLE001 - help still prints; say why the fields are missing
         if not any(a.startswith("--config") for a in argv):
@@ -113,11 +132,7 @@ def _parse(argv: list[str], define) -> flags.FlagValues:
             print(_config_help(rest, define))
         raise SystemExit(0)
 
-    def make(args):
-        fv = flags.FlagValues()
-        define(fv, args)
-        fv(args)
-        return fv
+    make = functools.partial(_make, define=define)
 
     try:
         fv = make(argv)

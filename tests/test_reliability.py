@@ -153,10 +153,12 @@ def test_an_unknown_override_is_one_line_with_the_nearest_field(tmp_path, capsys
 def test_help_lists_the_config_fields_with_their_values(capsys):
     from sresformer_jax import cli
     with pytest.raises(SystemExit) as stop:
-        cli.train(["train.py", "--config=configs/imagenet.py:ti", "--config.optim.lr=0.5", "--help"])
+        cli.train(["train.py", "--config=configs/imagenet.py:ti", "--config.optim.lr=0.5",
+                   "--config.model.v_reset=None", "--help"])
     out = capsys.readouterr().out
     assert stop.value.code == 0 and "--workdir" in out and "config fields of imagenet.py" in out
     assert "--config.total_steps=-1" in out and "--config.optim.lr=0.5" in out and "--config.model.T=4" in out
+    assert "--config.model.v_reset=None" in out and "--config.model.tau=2.0" in out     # =None sets a field to None
 
 
 def _image_folder(root: Path) -> Path:
