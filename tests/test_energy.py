@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from sresformer_jax import energy, interop
-from sresformer_jax.model import create_model
+from sresformer_jax.model import NEURON_DEFAULTS, create_model
 from sresformer_jax.neurons import SPIKE_COUNTS
 
 from conftest import GOLDEN, GOLDEN_FILES, golden_model, golden_step
@@ -133,7 +133,7 @@ def test_sops_match_official_exactly(name):
     model, counts, batch, _ = _golden_eval(name)
     ref = OFFICIAL_SOPS[name]
     assert ref["batch"] == batch
-    assert model.config() == {**{"dvs": False}, **ref["config"]}
+    assert model.config() == {"dvs": False, **NEURON_DEFAULTS, **ref["config"]}   # the official neuron
     totals = energy.sop_totals(model, counts)
     per_image = ref["per_layer_sops_per_image"]
     assert list(totals)[:-1] == list(per_image), "layer names/order differ from the official SOPMonitor"
