@@ -59,9 +59,8 @@ def test_jit_grad_vmap_and_checkpoint(conv_impl, event_kernels):
     # constant images normalise to zero, so no DSSA head spikes (rate 0): the scale 1/√(r·n) must not turn the
     # zero product into 0·∞ = NaN
     chex.assert_tree_all_finite(grad(variables["params"], jnp.zeros_like(x)))
-    if conv_impl == "xla":                                                             # jax.checkpoint around apply
-        g_remat = jax.jit(jax.grad(jax.checkpoint(loss)))(variables["params"], x)
-        chex.assert_trees_all_close(g, g_remat, atol=1e-6)
+    g_remat = jax.jit(jax.grad(jax.checkpoint(loss)))(variables["params"], x)      # jax.checkpoint around apply
+    chex.assert_trees_all_close(g, g_remat, atol=1e-6)
 
     per_image = jax.vmap(lambda img: passed(variables, img[None])[:, 0])(x)          # [B, T, classes]
     chex.assert_trees_all_close(jnp.moveaxis(per_image, 0, 1), reference, atol=1e-5)
