@@ -371,7 +371,13 @@ def init_variables(model: SpikingResformer, rng: jax.Array, x: jax.Array | None 
     ``init_key(rng)``. Weights as the official ``init_weight``: conv/linear kernels trunc_normal(0.02), BN γ = 1,
     β = 0, PLIF w = 0."""
     x = dummy_input(model, dtype=model.param_dtype) if x is None else x
-    return jax.jit(lambda r, x: model.init(init_key(r), x, train=False))(rng, x)
+    return _init(model, rng, x)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _init(model: SpikingResformer, rng: jax.Array, x: jax.Array) -> dict:
+    """Compiled once per model (equal modules hash equal) and input shape."""
+    return model.init(init_key(rng), x, train=False)
 
 
 def calibrate(model: SpikingResformer, variables: Mapping, x: jax.Array,

@@ -182,6 +182,18 @@ def test_class_folder_loader_order_sharding_and_determinism(tmp_path):
     assert [x["mask"].sum() for x in ev] == [4, 2] and ev[0]["image"].shape == (4, 32, 32, 3)
 
 
+def test_the_quickstart_digits_are_scikit_learns_split_stratified():
+    from sklearn.datasets import load_digits
+    from sresformer_jax.data.digits import _sklearn_digits
+    x, y = _sklearn_digits()
+    d = load_digits()
+    np.testing.assert_array_equal(x, (d.images / 16.0).astype(np.float32))
+    np.testing.assert_array_equal(y, d.target)
+    data = get_dataset(config("quickstart"))
+    assert (len(data.train_y), len(data.test_y)) == (1438, 359)
+    assert np.bincount(data.test_y).tolist() == [round(n * 0.2) for n in np.bincount(d.target)]     # stratified
+
+
 @pytest.mark.parametrize("name,cfg,splits,classes,size", [
     ("cifar10", "cifar10", ("train", "test"), 10, 32),
     ("imagenet2012", "imagenet", ("train", "validation"), 1000, 224)])

@@ -16,6 +16,8 @@ from sresformer_jax.neurons import SPIKE_COUNTS
 
 from conftest import GOLDEN, GOLDEN_FILES, golden_model, golden_step
 
+pytestmark = pytest.mark.xdist_group("golden")   # one worker compiles the golden programs (conftest.golden_model)
+
 OFFICIAL_SOPS = json.loads((GOLDEN / "official_sops.json").read_text())
 MANIFEST = json.loads((GOLDEN / "official_state_dict_manifest.json").read_text())
 

@@ -19,6 +19,8 @@ from sresformer_jax.model import STATE_COLLECTIONS
 
 from conftest import FLOAT32_STABLE, GOLDEN_FILES, golden_step, load_golden
 
+pytestmark = pytest.mark.xdist_group("golden")   # one worker compiles the golden programs (conftest.golden_model)
+
 
 def run_official_step(g: dict, dtype, with_grad: bool = True, conv_impl: str = "auto") -> dict:
     """Training-mode forward + CE loss on T-averaged logits (+ gradients), then an eval forward."""

@@ -127,7 +127,7 @@ def test_a_shape_mismatch_on_restore_is_not_called_corruption(straight, tmp_path
     work = tmp_path / "run"
     shutil.copytree(wd, work)
     cfg = quickstart.get_config()
-    cfg.model.planes = (8, 16, 32)
+    cfg.model.update(blocks=(1, 1, 1), planes=(8, 16, 32))                       # TINY's model, other widths
     model = build_model(cfg.model.to_dict(), conv_impl="xla")
     tx, _ = make_optimizer(cfg.optim, steps_per_epoch=89)
     abstract = jax.eval_shape(lambda: create_train_state(model, tx, jax.random.PRNGKey(0), (8, 8, 1)))

@@ -26,7 +26,7 @@ def test_quickstart_steps_then_eval(straight):
     report = json.loads((wd / "eval.json").read_text())
     for key in ("top1", "top5", "sops_per_image", "energy_mj", "firing_rates"):
         assert key in report
-    assert report["num_images"] == 359 and len(report["firing_rates"]) == 38
+    assert report["num_images"] == 359 and len(report["firing_rates"]) == 20   # one block per stage (TINY)
     assert report["energy_mj"] == pytest.approx(0.9e-9 * report["sops_per_image"])
     assert "SOPs / image" in e.stdout and (wd / "firing_rates.png").stat().st_size > 0
 
@@ -60,7 +60,7 @@ def test_init_from_transfers_everything_but_the_classifier(straight):
     from sresformer_jax.training.trainer import _transfer
     wd, _ = straight
     cfg = quickstart.get_config()
-    model = build_model(cfg.model.to_dict())
+    model = build_model({**cfg.model.to_dict(), "blocks": (1, 1, 1)})            # TINY's model
     fresh = jax.jit(lambda r: create_train_state(model, optax.sgd(0.1), r, (8, 8, 1)))(jax.random.PRNGKey(7))
     moved = _transfer(fresh, wd)
     src, _ = final_params(wd)
