@@ -188,6 +188,14 @@ def key(row: dict) -> str:
     return "|".join(str(row[k]) for k in ("config", "img_size", "T", "precision", "remat", "topology", "batch"))
 
 
+def planned_key(spec, img_size, T, precision, remat, topology, batch=None) -> str:
+    """``key`` of the row that ``report`` would write for these arguments, without compiling anything."""
+    config = config_of(spec, img_size, T, precision, remat)
+    b0 = batch or OFFICIAL_BATCH.get(SHORT.get(spec, spec)) or config.batch_size // 8
+    return key({"config": SHORT.get(spec, spec), "img_size": config.model.img_size, "T": config.model.T,
+                "precision": precision, "remat": remat, "topology": topology, "batch": b0})
+
+
 def table(rows: list[dict]) -> str:
     head = ["model", "img", "precision", "remat", "chip", "batch", "HBM GiB/chip", "largest batch", "GFLOP/img",
             "collectives MB/step", "bound img/s/chip", "compile s"]
@@ -224,6 +232,8 @@ def main(argv=None) -> dict:
     p.add_argument("--batch", type=int, default=None, help="per-chip batch to start from (default: the official)")
     p.add_argument("--no-search", action="store_true", help="compile at the batch only (no largest-batch search)")
     p.add_argument("--required", action="store_true", help="the compile set: every variant at its official recipe")
+    p.add_argument("--skip-done", action="store_true",
+                   help="leave out the settings the JSON already holds (a long report goes on where it stopped)")
     p.add_argument("--out", default=str(OUT))
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)    # a child: one compile, JSON on stdout
     a = p.parse_args(argv)
@@ -241,11 +251,16 @@ def main(argv=None) -> dict:
     out = Path(a.out)
     old = json.loads(out.read_text()) if a.out and out.exists() else {}
     section = "compiles" if a.required else "rows"
+    for r in old.get(section, []):              # entries written before rows carried their own commit
+        r.setdefault("commit", old.get("commit"))
     entries = {key(r): r for r in old.get(section, [])}
     rows = []
     for c, img, T, prec, remat, topo, batch, search in settings:
+        if a.skip_done and planned_key(c, img, T, prec, remat, topo, batch) in entries:
+            print(f"{c} {img or ''} {prec} remat={remat} {topo}: in {out.name} already", flush=True)
+            continue
         print(f"{c} {img or ''} {prec} remat={remat} {topo} ...", flush=True)
-        row = report(c, img, T, prec, remat, topo, batch, search)
+        row = {**report(c, img, T, prec, remat, topo, batch, search), "commit": _commit()}
         rows.append(row)
         print(table([row]).splitlines()[-1], flush=True)
         entries[key(row)] = row
