@@ -62,10 +62,11 @@ FOUR_DEVICES = TINY + textwrap.dedent(r"""
         batches = [{"image": rng.normal(size=(8, *shape)) * 2, "label": rng.integers(0, 10, 8).astype(np.int32)}
                    for _ in range(2)]
         results = {}
+        start = jax.device_get(jax.jit(lambda r: create_train_state(model, tx, r, shape, param_dtype=jnp.float64))(
+            jax.random.PRNGKey(0)))               # one initial state for both meshes, on the host (the step donates)
         for n, mesh in meshes.items():
             replicated, data = shardings(mesh)
-            state = jax.jit(lambda r: create_train_state(model, tx, r, shape, param_dtype=jnp.float64),
-                            out_shardings=replicated)(jax.random.PRNGKey(0))
+            state = jax.device_put(start, replicated)
             step = jit_train_step(model, tx, schedule, config, mesh)
             losses = []
             for b in batches:
