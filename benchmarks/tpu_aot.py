@@ -156,10 +156,7 @@ def largest_batch(setting: dict, first: dict, cap: float, tries: int = 3) -> dic
 
 def report(spec, img_size, T, precision, remat, topology, batch=None, search=True) -> dict:
     import jax
-    config = config_of(spec, img_size, T, precision, remat)
-    b0 = batch or OFFICIAL_BATCH.get(SHORT.get(spec, spec)) or config.batch_size // 8
-    setting = {"config": SHORT.get(spec, spec), "img_size": config.model.img_size, "T": config.model.T,
-               "precision": precision, "remat": remat, "topology": topology}
+    config, setting, b0 = _setting(spec, img_size, T, precision, remat, topology, batch)
     row = {**setting, "model": config.model_name, "batch": b0, "jax": jax.__version__}
     first = compile_step(setting, b0)
     row["at_official_batch"] = first
@@ -188,12 +185,19 @@ def key(row: dict) -> str:
     return "|".join(str(row[k]) for k in ("config", "img_size", "T", "precision", "remat", "topology", "batch"))
 
 
-def planned_key(spec, img_size, T, precision, remat, topology, batch=None) -> str:
-    """``key`` of the row that ``report`` would write for these arguments, without compiling anything."""
+def _setting(spec, img_size, T, precision, remat, topology, batch=None) -> tuple:
+    """(config, the setting's fields of a row, the per-chip batch to start from) for ``report``'s arguments."""
     config = config_of(spec, img_size, T, precision, remat)
     b0 = batch or OFFICIAL_BATCH.get(SHORT.get(spec, spec)) or config.batch_size // 8
-    return key({"config": SHORT.get(spec, spec), "img_size": config.model.img_size, "T": config.model.T,
-                "precision": precision, "remat": remat, "topology": topology, "batch": b0})
+    setting = {"config": SHORT.get(spec, spec), "img_size": config.model.img_size, "T": config.model.T,
+               "precision": precision, "remat": remat, "topology": topology}
+    return config, setting, b0
+
+
+def planned_key(spec, img_size, T, precision, remat, topology, batch=None) -> str:
+    """``key`` of the row that ``report`` would write for these arguments, without compiling anything."""
+    _, setting, b0 = _setting(spec, img_size, T, precision, remat, topology, batch)
+    return key({**setting, "batch": b0})
 
 
 def table(rows: list[dict]) -> str:
