@@ -12,7 +12,8 @@ For every (config, precision, remat, topology) it lowers the training loop's own
 * the HBM the step needs at the official per-device batch (Ti/S 32, M 28, L 16; ``--batch`` otherwise): XLA's
   memory analysis, arguments + temporaries + outputs, less the outputs that reuse the donated state's buffers;
 * the largest per-chip batch that fits the chip's HBM: extrapolated linearly from the compiles at the official batch
-  and at twice it, then confirmed by a compile at the extrapolated batch (stepped down while it does not fit);
+  and at twice it (half of it when the official batch does not fit), then confirmed by a compile at the extrapolated
+  batch (extrapolated again while it does not fit);
 * the FLOPs per image and the bytes of the collectives per step (``training.aot.census``);
 * a roofline **bound** on images/s per chip: the compiled FLOPs and bytes accessed against the chip's published
   bf16 peak and HBM bandwidth (``CHIPS``), never a measurement;
@@ -48,12 +49,14 @@ OFFICIAL_BATCH = {"imagenet.py:ti": 32, "imagenet.py:s": 32, "imagenet.py:m": 28
                   "cifar10.py": 128, "dvs128_gesture.py": 8}
 SHORT = {"ti": "imagenet.py:ti", "s": "imagenet.py:s", "m": "imagenet.py:m", "l": "imagenet.py:l",
          "cifar": "cifar10.py", "dvsg": "dvs128_gesture.py"}
-# every variant at its official recipe (bf16, remat none) on v5e (L at 288 also with remat block), and Ti in float32
-# and with remat block on v5e and v5p
+# every variant at its official recipe (bf16, remat none) on v5e (L at 288 also with remat block; the DVS128 Gesture
+# model also at the sensor's full 128² instead of the recipe's 64²), and Ti in float32 and with remat block on v5e and
+# v5p
 REQUIRED = ([(c, None, None, "bfloat16", "none", "v5e:2x2") for c in ("ti", "s", "m", "l")]
             + [("l", 288, None, "bfloat16", "none", "v5e:2x2"), ("l", 288, None, "bfloat16", "block", "v5e:2x2"),
                ("cifar", 32, None, "bfloat16", "none", "v5e:2x2"),
-               ("dvsg", 128, 16, "bfloat16", "none", "v5e:2x2")]
+               ("dvsg", None, None, "bfloat16", "none", "v5e:2x2"),      # the official recipe: 64², T = 16
+               ("dvsg", 128, 16, "bfloat16", "none", "v5e:2x2")]           # the sensor's full 128²
             + [("ti", None, None, p, r, t) for t in ("v5e:2x2", "v5p:2x2x1")
                for p, r in (("float32", "none"), ("bfloat16", "block"))])
 
@@ -108,7 +111,8 @@ def _compile_one(setting: dict) -> dict:
         if not m:
             raise
         return {"batch_per_chip": batch, "oom": {"temp_gib": float(m[1]), "available_gib": float(m[2])},
-                "compile_s": time.perf_counter() - t0}
+                "compile_s": time.perf_counter() - t0, "chips": int(mesh.devices.size),
+                "device_kind": mesh.devices.flat[0].device_kind}
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     mem = _memory_analysis(compiled)
@@ -118,6 +122,12 @@ def _compile_one(setting: dict) -> dict:
             "chips": int(mesh.devices.size), "device_kind": mesh.devices.flat[0].device_kind}
 
 
+def chip_of(step: dict, topology: str) -> dict | None:
+    """The ``CHIPS`` entry of a compile's device kind (or of the topology's name, for a compile that did not fit)."""
+    by_name = {c["name"]: c for c in CHIPS.values()}
+    return CHIPS.get(step.get("device_kind")) or by_name.get(topology.split(":")[0])
+
+
 def _needs(step: dict) -> float:
     """The HBM bytes a compiled step needs (for a compile that did not fit: at least its temporaries)."""
     return step["hbm_bytes"] if "hbm_bytes" in step else step["oom"]["temp_gib"] * 2**30
@@ -125,13 +135,15 @@ def _needs(step: dict) -> float:
 
 def largest_batch(setting: dict, first: dict, cap: float, tries: int = 3) -> dict:
     """The largest per-chip batch whose step fits ``cap`` bytes: extrapolated linearly from ``first`` and a compile
-    at twice its batch, then confirmed by compiling there; while a confirmation lands over ``cap`` or under 95 % of
-    it, the line through the last two compiles is extrapolated again (at most ``tries`` confirmations)."""
+    at twice its batch (at half of it when ``first`` does not fit), then confirmed by compiling there; while a
+    confirmation lands over ``cap`` or under 95 % of it, the line through the last two compiles is extrapolated again
+    (at most ``tries`` confirmations)."""
     b0 = first["batch_per_chip"]
-    second = compile_step(setting, 2 * b0)
+    b1 = 2 * b0 if _needs(first) <= cap else max(1, b0 // 2)
+    second = compile_step(setting, b1)
     if "error" in second:
         return {"error": second["error"]}
-    points = [(b0, _needs(first)), (2 * b0, _needs(second))]
+    points = [(b0, _needs(first)), (b1, _needs(second))]
     confirmed, best, predicted = [], None, None
     for _ in range(tries):
         (b1, m1), (b2, m2) = sorted(points[-2:])
@@ -150,21 +162,28 @@ def largest_batch(setting: dict, first: dict, cap: float, tries: int = 3) -> dic
             best = max(best or 0, b)
             if step["hbm_bytes"] >= 0.95 * cap:
                 break
-    return {"extrapolated": predicted, "from": [b0, 2 * b0], "confirmed": confirmed, "largest_fitting": best,
-            "hbm_bytes_at_2x": _needs(second)}
+    return {"extrapolated": predicted, "from": [b0, b1], "confirmed": confirmed, "largest_fitting": best,
+            "hbm_bytes_at_second": _needs(second)}
 
 
-def report(spec, img_size, T, precision, remat, topology, batch=None, search=True) -> dict:
+def report(spec, img_size, T, precision, remat, topology, batch=None, search=True, known=None) -> dict:
+    """One row of the report. ``known`` maps ``key`` to rows already compiled: a row of the same setting and batch
+    lends its first compile (which keeps the commit it was compiled at) instead of compiling it again."""
     import jax
     config, setting, b0 = _setting(spec, img_size, T, precision, remat, topology, batch)
     row = {**setting, "model": config.model_name, "batch": b0, "jax": jax.__version__}
-    first = compile_step(setting, b0)
+    old = (known or {}).get(key(row))
+    first = ({**old["at_official_batch"], "commit": old.get("commit")}
+             if old and "error" not in old["at_official_batch"] else compile_step(setting, b0))
     row["at_official_batch"] = first
     if "error" in first or "oom" in first:
         row["error" if "error" in first else "oom"] = first.get("error") or first["oom"]
         row["fits_official_batch"] = False if "oom" in first else None
+        chip = chip_of(first, topology)
+        if search and chip and "oom" in first:      # the largest batch below the official one that fits
+            row["largest_batch"] = largest_batch(setting, first, chip["usable_hbm_gib"] * 2**30)
         return row
-    chip = row["chip"] = CHIPS.get(first["device_kind"])
+    chip = row["chip"] = chip_of(first, topology)
     row["chips"] = first["chips"]
     row["flops_per_image"] = first["flops"] / b0
     row["collective_bytes_per_step"] = sum(c["bytes"] for c in first["collectives"].values())
@@ -208,8 +227,9 @@ def table(rows: list[dict]) -> str:
         if "flops_per_image" not in r:
             what = f"does not fit ({r['oom']['temp_gib']} GiB of temporaries > {r['oom']['available_gib']} GiB)" \
                 if "oom" in r else f"did not compile: {r.get('error', '')[:60]}"
-            lines.append([r["config"], r["img_size"], r["precision"], r["remat"], r["topology"], r["batch"], what]
-                         + [""] * (len(head) - 7))
+            big = (r.get("largest_batch") or {}).get("largest_fitting")
+            lines.append([r["config"], r["img_size"], r["precision"], r["remat"], r["topology"], r["batch"], what,
+                          big if big is not None else ""] + [""] * (len(head) - 8))
             continue
         a = r["at_official_batch"]
         big = (r.get("largest_batch") or {}).get("largest_fitting")
@@ -237,7 +257,8 @@ def main(argv=None) -> dict:
     p.add_argument("--no-search", action="store_true", help="compile at the batch only (no largest-batch search)")
     p.add_argument("--required", action="store_true", help="the compile set: every variant at its official recipe")
     p.add_argument("--skip-done", action="store_true",
-                   help="leave out the settings the JSON already holds (a long report goes on where it stopped)")
+                   help="leave out the settings the JSON already holds, with their largest-batch search unless "
+                   "--no-search (a long report goes on where it stopped)")
     p.add_argument("--out", default=str(OUT))
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)    # a child: one compile, JSON on stdout
     a = p.parse_args(argv)
@@ -258,13 +279,15 @@ def main(argv=None) -> dict:
     for r in old.get(section, []):              # entries written before rows carried their own commit
         r.setdefault("commit", old.get("commit"))
     entries = {key(r): r for r in old.get(section, [])}
+    known = {key(r): r for sec in ("compiles", "rows") for r in old.get(sec, [])}
     rows = []
     for c, img, T, prec, remat, topo, batch, search in settings:
-        if a.skip_done and planned_key(c, img, T, prec, remat, topo, batch) in entries:
+        done = entries.get(planned_key(c, img, T, prec, remat, topo, batch))
+        if a.skip_done and done and (not search or "largest_batch" in done or "error" in done):
             print(f"{c} {img or ''} {prec} remat={remat} {topo}: in {out.name} already", flush=True)
             continue
         print(f"{c} {img or ''} {prec} remat={remat} {topo} ...", flush=True)
-        row = {**report(c, img, T, prec, remat, topo, batch, search), "commit": _commit()}
+        row = {**report(c, img, T, prec, remat, topo, batch, search, known), "commit": _commit()}
         rows.append(row)
         print(table([row]).splitlines()[-1], flush=True)
         entries[key(row)] = row
