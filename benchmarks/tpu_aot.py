@@ -263,6 +263,7 @@ def main(argv=None) -> dict:
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)    # a child: one compile, JSON on stdout
     a = p.parse_args(argv)
     os.environ.setdefault("JAX_PLATFORMS", "cpu")           # the host runs nothing; libtpu only compiles
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")   # so several reports (or a TPU job) may compile at once
     if a.one:
         print(RESULT + json.dumps(_compile_one(json.loads(a.one))), flush=True)
         return {}
