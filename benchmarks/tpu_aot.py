@@ -133,18 +133,26 @@ def _needs(step: dict) -> float:
     return step["hbm_bytes"] if "hbm_bytes" in step else step["oom"]["temp_gib"] * 2**30
 
 
-def largest_batch(setting: dict, first: dict, cap: float, tries: int = 3) -> dict:
+def largest_batch(setting: dict, first: dict, cap: float, tries: int = 3, compile_fn=None) -> dict:
     """The largest per-chip batch whose step fits ``cap`` bytes: extrapolated linearly from ``first`` and a compile
     at twice its batch (at half of it when ``first`` does not fit), then confirmed by compiling there; while a
     confirmation lands over ``cap`` or under 95 % of it, the line through the last two compiles is extrapolated again
-    (at most ``tries`` confirmations)."""
+    (at most ``tries`` confirmations). ``compile_fn(setting, batch)``: ``compile_step`` unless given."""
+    compile_fn = compile_fn or compile_step
+
+    def fits(step):
+        return "hbm_bytes" in step and step["hbm_bytes"] <= cap
+
     b0 = first["batch_per_chip"]
-    b1 = 2 * b0 if _needs(first) <= cap else max(1, b0 // 2)
-    second = compile_step(setting, b1)
+    b_second = 2 * b0 if fits(first) else b0 // 2
+    if b_second < 1:
+        return {"from": [b0], "confirmed": [], "largest_fitting": None}
+    second = compile_fn(setting, b_second)
     if "error" in second:
-        return {"error": second["error"]}
-    points = [(b0, _needs(first)), (b1, _needs(second))]
-    confirmed, best, predicted = [], None, None
+        return {"from": [b0, b_second], "error": second["error"], "largest_fitting": b0 if fits(first) else None}
+    points = [(b0, _needs(first)), (b_second, _needs(second))]
+    best = max([b for b, step in ((b0, first), (b_second, second)) if fits(step)], default=None)
+    confirmed, predicted = [], None
     for _ in range(tries):
         (b1, m1), (b2, m2) = sorted(points[-2:])
         per_image = (m2 - m1) / (b2 - b1)
@@ -152,17 +160,17 @@ def largest_batch(setting: dict, first: dict, cap: float, tries: int = 3) -> dic
         predicted = predicted or b
         if any(b == p for p, _ in points):
             break
-        step = compile_step(setting, b)
+        step = compile_fn(setting, b)
         if "error" in step:
             confirmed.append(step)
             break
         confirmed.append({k: step[k] for k in ("batch_per_chip", "hbm_bytes", "oom", "compile_s") if k in step})
         points.append((b, _needs(step)))
-        if "hbm_bytes" in step and step["hbm_bytes"] <= cap:
+        if fits(step):
             best = max(best or 0, b)
             if step["hbm_bytes"] >= 0.95 * cap:
                 break
-    return {"extrapolated": predicted, "from": [b0, b1], "confirmed": confirmed, "largest_fitting": best,
+    return {"extrapolated": predicted, "from": [b0, b_second], "confirmed": confirmed, "largest_fitting": best,
             "hbm_bytes_at_second": _needs(second)}
 
 

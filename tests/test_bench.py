@@ -39,3 +39,30 @@ def test_oom_texts_are_recognised_and_other_errors_are_not():
     assert bench.is_oom("jaxlib.xla_extension.XlaRuntimeError: RESOURCE_EXHAUSTED: Out of memory while trying")
     assert bench.is_oom("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB")
     assert not bench.is_oom("ValueError: config.model: heads must divide channels")
+
+
+def test_the_pod_reports_batch_search_extrapolates_and_confirms():
+    import tpu_aot
+    gib = 2**30
+    needs = lambda b: (1 + 0.25 * b) * gib
+    compiled = []
+
+    def compile_fn(setting, b):
+        compiled.append(b)
+        return {"batch_per_chip": b, "hbm_bytes": needs(b)} if needs(b) <= 20 * gib else \
+            {"batch_per_chip": b, "oom": {"temp_gib": needs(b) / gib, "available_gib": 20}}
+
+    # fits at 32 (9 GiB): 64 (17 GiB) is over, the line through both gives 59 (15.75 GiB), confirmed at once
+    r = tpu_aot.largest_batch({}, compile_fn({}, 32), 15.75 * gib, compile_fn=compile_fn)
+    assert (r["from"], r["extrapolated"], r["largest_fitting"], compiled) == ([32, 64], 59, 59, [32, 64, 59])
+    # does not fit at 128 (not even compiled: its temporaries alone exceed the HBM), so 64 is next, then 59
+    compiled.clear()
+    r = tpu_aot.largest_batch({}, compile_fn({}, 128), 15.75 * gib, compile_fn=compile_fn)
+    assert (r["from"], r["largest_fitting"], compiled) == ([128, 64], 59, [128, 64, 59])
+    # a compiler error at the second batch is reported, not taken for a fit
+    r = tpu_aot.largest_batch({}, compile_fn({}, 32), 15.75 * gib,
+                              compile_fn=lambda s, b: {"batch_per_chip": b, "error": "E1001: CompileTimeScopedVmemOom"})
+    assert r["largest_fitting"] == 32 and "VmemOom" in r["error"]
+    # a batch of one that does not fit: nothing smaller to try
+    assert tpu_aot.largest_batch({}, {"batch_per_chip": 1, "oom": {"temp_gib": 30}}, 15.75 * gib,
+                                 compile_fn=compile_fn)["largest_fitting"] is None
