@@ -13,7 +13,8 @@ For every (config, precision, remat, topology) it lowers the training loop's own
   memory analysis, arguments + temporaries + outputs, less the outputs that reuse the donated state's buffers;
 * the largest per-chip batch that fits the chip's HBM: extrapolated linearly from the compiles at the official batch
   and at twice it (half of it when the official batch does not fit), then confirmed by a compile at the extrapolated
-  batch (extrapolated again while it does not fit);
+  batch; where libtpu's own rematerialisation near the cap bends the line, bisected between the largest batch that
+  fits and the smallest that does not (``largest_batch``);
 * the FLOPs per image and the bytes of the collectives per step (``training.aot.census``);
 * a roofline **bound** on images/s per chip: the compiled FLOPs and bytes accessed against the chip's published
   bf16 peak and HBM bandwidth (``CHIPS``), never a measurement;
@@ -133,45 +134,101 @@ def _needs(step: dict) -> float:
     return step["hbm_bytes"] if "hbm_bytes" in step else step["oom"]["temp_gib"] * 2**30
 
 
-def largest_batch(setting: dict, first: dict, cap: float, tries: int = 3, compile_fn=None) -> dict:
-    """The largest per-chip batch whose step fits ``cap`` bytes: extrapolated linearly from ``first`` and a compile
-    at twice its batch (at half of it when ``first`` does not fit), then confirmed by compiling there; while a
-    confirmation lands over ``cap`` or under 95 % of it, the line through the last two compiles is extrapolated again
-    (at most ``tries`` confirmations). ``compile_fn(setting, batch)``: ``compile_step`` unless given."""
+def _fits(step: dict, cap: float) -> bool:
+    return "hbm_bytes" in step and step["hbm_bytes"] <= cap
+
+
+def _bisect(steps: list[dict], cap: float) -> int | None:
+    """The batch between the largest fitting one and the smallest failing one above it, while the fitting one is
+    under 95 % of ``cap`` and they are more than 1/16 apart; None when the search is done."""
+    if any("error" in st for st in steps):
+        return None
+    best = max((st for st in steps if _fits(st, cap)), key=lambda st: st["batch_per_chip"], default=None)
+    lo = best["batch_per_chip"] if best else 0
+    over = [st["batch_per_chip"] for st in steps if not _fits(st, cap) and st["batch_per_chip"] > lo]
+    if (best and best["hbm_bytes"] >= 0.95 * cap) or not over or min(over) - lo <= max(1, lo // 16):
+        return None
+    return (lo + min(over)) // 2
+
+
+def _recorded_steps(first: dict, search: dict, cap: float) -> list[dict]:
+    """The compiles of a recorded search (a row's ``largest_batch``), ``first`` included."""
+    b, needs = search["from"][1], search["hbm_bytes_at_second"]
+    second = {"batch_per_chip": b, **({"hbm_bytes": needs} if needs <= cap else {"oom": {"temp_gib": needs / 2**30}})}
+    return [first, second, *search["confirmed"]]
+
+
+def search_open(row: dict) -> bool:
+    """Whether a row's recorded largest-batch search left a gap that ``largest_batch`` would close."""
+    search, chip = row.get("largest_batch"), chip_of(row["at_official_batch"], row["topology"])
+    if not search or "error" in search or len(search.get("from", [])) < 2 or not chip:
+        return False
+    cap = chip["usable_hbm_gib"] * 2**30
+    return _bisect(_recorded_steps(row["at_official_batch"], search, cap), cap) is not None
+
+
+def largest_batch(setting: dict, first: dict, cap: float, tries: int = 3, compile_fn=None,
+                  previous: dict | None = None) -> dict:
+    """The largest per-chip batch whose step fits ``cap`` bytes, in two phases:
+
+    1. extrapolated linearly from ``first`` and a compile at twice its batch (at half of it when ``first`` does not
+       fit), then confirmed by compiling there; while a confirmation lands over ``cap`` or under 95 % of it, the line
+       through the last two compiles is extrapolated again (at most ``tries`` confirmations);
+    2. near the cap libtpu rematerialises on its own to fit, so the bytes stop growing linearly with the batch:
+       ``_bisect`` between the largest fitting batch and the smallest failing one (at most ``tries`` compiles).
+
+    ``previous``: a search recorded before (a row's ``largest_batch``), continued at phase 2 with its compiles.
+    ``compile_fn(setting, batch)``: ``compile_step`` unless given."""
     compile_fn = compile_fn or compile_step
 
-    def fits(step):
-        return "hbm_bytes" in step and step["hbm_bytes"] <= cap
+    def run(b):
+        step = compile_fn(setting, b)
+        return {k: step[k] for k in ("batch_per_chip", "hbm_bytes", "oom", "error", "compile_s") if k in step}
 
     b0 = first["batch_per_chip"]
-    b_second = 2 * b0 if fits(first) else b0 // 2
-    if b_second < 1:
-        return {"from": [b0], "confirmed": [], "largest_fitting": None}
-    second = compile_fn(setting, b_second)
-    if "error" in second:
-        return {"from": [b0, b_second], "error": second["error"], "largest_fitting": b0 if fits(first) else None}
-    points = [(b0, _needs(first)), (b_second, _needs(second))]
-    best = max([b for b, step in ((b0, first), (b_second, second)) if fits(step)], default=None)
-    confirmed, predicted = [], None
-    for _ in range(tries):
-        (b1, m1), (b2, m2) = sorted(points[-2:])
-        per_image = (m2 - m1) / (b2 - b1)
-        b = max(1, math.floor(b2 + (cap - m2) / per_image)) if per_image > 0 else 2 * b2
-        predicted = predicted or b
-        if any(b == p for p, _ in points):
-            break
-        step = compile_fn(setting, b)
-        if "error" in step:
-            confirmed.append(step)
-            break
-        confirmed.append({k: step[k] for k in ("batch_per_chip", "hbm_bytes", "oom", "compile_s") if k in step})
-        points.append((b, _needs(step)))
-        if fits(step):
-            best = max(best or 0, b)
-            if step["hbm_bytes"] >= 0.95 * cap:
+    if previous:
+        b_second, confirmed, predicted = previous["from"][1], list(previous["confirmed"]), previous["extrapolated"]
+        steps = _recorded_steps(first, previous, cap)
+        second = steps[1]
+    else:
+        b_second = 2 * b0 if _fits(first, cap) else b0 // 2
+        if b_second < 1:
+            return {"from": [b0], "confirmed": [], "largest_fitting": None}
+        second = compile_fn(setting, b_second)
+        if "error" in second:
+            return {"from": [b0, b_second], "error": second["error"],
+                    "largest_fitting": b0 if _fits(first, cap) else None}
+        confirmed, predicted, steps = [], None, [first, second]
+        points = [(b0, _needs(first)), (b_second, _needs(second))]
+        for _ in range(tries):                                                        # phase 1
+            (b1, m1), (b2, m2) = sorted(points[-2:])
+            per_image = (m2 - m1) / (b2 - b1)
+            if per_image <= 0:                  # not a line any more: phase 2
                 break
+            b = max(1, math.floor(b2 + (cap - m2) / per_image))
+            predicted = predicted or b
+            if any(b == p for p, _ in points):
+                break
+            step = run(b)
+            confirmed.append(step)
+            steps.append(step)
+            if "error" in step:
+                break
+            points.append((b, _needs(step)))
+            if _fits(step, cap) and step["hbm_bytes"] >= 0.95 * cap:
+                break
+    for _ in range(tries):                                                            # phase 2
+        b = _bisect(steps, cap)
+        if b is None:
+            break
+        step = run(b)
+        confirmed.append(step)
+        steps.append(step)
+    best = max((st["batch_per_chip"] for st in steps if _fits(st, cap)), default=None)
+    failing = [st["batch_per_chip"] for st in steps if "error" not in st and not _fits(st, cap)
+               and st["batch_per_chip"] > (best or 0)]
     return {"extrapolated": predicted, "from": [b0, b_second], "confirmed": confirmed, "largest_fitting": best,
-            "hbm_bytes_at_second": _needs(second)}
+            "smallest_failing": min(failing, default=None), "hbm_bytes_at_second": _needs(second)}
 
 
 def report(spec, img_size, T, precision, remat, topology, batch=None, search=True, known=None) -> dict:
@@ -204,7 +261,8 @@ def report(spec, img_size, T, precision, remat, topology, batch=None, search=Tru
         row["roofline_bound_img_per_s_per_chip"] = b0 / max(compute_s, memory_s)
         row["roofline_limited_by"] = "compute" if compute_s >= memory_s else "HBM bandwidth"
         if search:
-            row["largest_batch"] = largest_batch(setting, first, cap)
+            previous = old.get("largest_batch") if old and search_open(old) else None
+            row["largest_batch"] = largest_batch(setting, first, cap, previous=previous)
     return row
 
 
@@ -266,7 +324,7 @@ def main(argv=None) -> dict:
     p.add_argument("--required", action="store_true", help="the compile set: every variant at its official recipe")
     p.add_argument("--skip-done", action="store_true",
                    help="leave out the settings the JSON already holds, with their largest-batch search unless "
-                   "--no-search (a long report goes on where it stopped)")
+                   "--no-search (a long report goes on where it stopped, and a search that left a gap goes on)")
     p.add_argument("--out", default=str(OUT))
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)    # a child: one compile, JSON on stdout
     a = p.parse_args(argv)
@@ -292,7 +350,8 @@ def main(argv=None) -> dict:
     rows = []
     for c, img, T, prec, remat, topo, batch, search in settings:
         done = entries.get(planned_key(c, img, T, prec, remat, topo, batch))
-        if a.skip_done and done and (not search or "largest_batch" in done or "error" in done):
+        if a.skip_done and done and (not search or ("largest_batch" in done and not search_open(done))
+                                     or "error" in done):
             print(f"{c} {img or ''} {prec} remat={remat} {topo}: in {out.name} already", flush=True)
             continue
         print(f"{c} {img or ''} {prec} remat={remat} {topo} ...", flush=True)

@@ -59,6 +59,26 @@ def test_the_pod_reports_batch_search_extrapolates_and_confirms():
     compiled.clear()
     r = tpu_aot.largest_batch({}, compile_fn({}, 128), 15.75 * gib, compile_fn=compile_fn)
     assert (r["from"], r["largest_fitting"], compiled) == ([128, 64], 59, [128, 64, 59])
+    # near the cap the compiler rematerialises on its own (here: fits to 50, then 15.9 GiB flat): bisection
+    compiled.clear()
+
+    def flat(s, b):
+        if b <= 50:
+            return compile_fn(s, b)
+        compiled.append(b)
+        return {"batch_per_chip": b, "oom": {"temp_gib": 15.9}}
+
+    r = tpu_aot.largest_batch({}, compile_fn({}, 32), 15.75 * gib, tries=4, compile_fn=flat)
+    assert [c["batch_per_chip"] for c in r["confirmed"]] == [63, 47, 55, 51, 49]
+    assert (r["largest_fitting"], r["smallest_failing"]) == (49, 51)
+    # a recorded search with a gap goes on from its compiles (phase 2 only)
+    row = {"at_official_batch": {**compile_fn({}, 32), "device_kind": "TPU v5 lite"}, "topology": "v5e:2x2",
+           "largest_batch": {**r, "confirmed": r["confirmed"][:2]}}
+    assert tpu_aot.search_open(row) and not tpu_aot.search_open({**row, "largest_batch": r})
+    compiled.clear()
+    r2 = tpu_aot.largest_batch({}, row["at_official_batch"], 15.75 * gib, tries=4, compile_fn=flat,
+                               previous=row["largest_batch"])
+    assert r2["confirmed"] == r["confirmed"] and compiled == [55, 51, 49]
     # a compiler error at the second batch is reported, not taken for a fit
     r = tpu_aot.largest_batch({}, compile_fn({}, 32), 15.75 * gib,
                               compile_fn=lambda s, b: {"batch_per_chip": b, "error": "E1001: CompileTimeScopedVmemOom"})
