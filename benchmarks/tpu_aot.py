@@ -285,29 +285,49 @@ def planned_key(spec, img_size, T, precision, remat, topology, batch=None) -> st
     return key({**setting, "batch": b0})
 
 
-def table(rows: list[dict]) -> str:
-    head = ["model", "img", "precision", "remat", "chip", "batch", "HBM GiB/chip", "largest batch", "GFLOP/img",
-            "collectives MB/step", "bound img/s/chip", "compile s"]
+def table(rows: list[dict], markdown: bool = False) -> str:
+    """The report's rows as a text table (``markdown``: as the README's)."""
+    head = ["model", "img", "T", "precision", "remat", "chip", "batch", "HBM GiB/chip", "fits", "largest batch",
+            "GFLOP/img", "collectives MB/step", "bound img/s/chip", "compile s", "commit"]
     lines = [head]
     for r in rows:
-        if "flops_per_image" not in r:
-            what = f"does not fit ({r['oom']['temp_gib']} GiB of temporaries > {r['oom']['available_gib']} GiB)" \
-                if "oom" in r else f"did not compile: {r.get('error', '')[:60]}"
-            big = (r.get("largest_batch") or {}).get("largest_fitting")
-            lines.append([r["config"], r["img_size"], r["precision"], r["remat"], r["topology"], r["batch"], what,
-                          big if big is not None else ""] + [""] * (len(head) - 8))
-            continue
-        a = r["at_official_batch"]
-        big = (r.get("largest_batch") or {}).get("largest_fitting")
-        lines.append([r["model"].replace("spikingresformer_", ""), r["img_size"], r["precision"], r["remat"],
-                      (r["chip"] or {}).get("name", r["topology"]), a["batch_per_chip"],
-                      f"{a['hbm_bytes'] / 2**30:.2f}", big if big is not None else "—",
-                      f"{r['flops_per_image'] / 1e9:.1f}", f"{r['collective_bytes_per_step'] / 1e6:.1f}",
+        a, chip = r["at_official_batch"], chip_of(r["at_official_batch"], r["topology"])
+        search = r.get("largest_batch") or {}
+        big = search.get("largest_fitting")
+        big = "" if not search else "none" if big is None else \
+            f"{big} (not {search['smallest_failing']})" if search.get("smallest_failing") else big
+        if "error" in search:
+            code = re.search(r"E\d{4}: \w+", search["error"])
+            big = f"{big}; then {code[0] if code else search['error'][:60]}"
+        if "hbm_bytes" in a:
+            hbm, fits = f"{a['hbm_bytes'] / 2**30:.2f}", "yes" if r.get("fits_official_batch") else "no"
+        else:
+            hbm, fits = (f"{r['oom']['temp_gib']} (temporaries)", "no") if "oom" in r else \
+                (f"did not compile: {r.get('error', '')[:60]}", "")
+        lines.append([r["model"].replace("spikingresformer_", ""), r["img_size"], r["T"], r["precision"], r["remat"],
+                      chip["name"] if chip else r["topology"], r["batch"], hbm, fits, big,
+                      f"{r['flops_per_image'] / 1e9:.1f}" if "flops_per_image" in r else "",
+                      f"{r['collective_bytes_per_step'] / 1e6:.1f}" if "collective_bytes_per_step" in r else "",
                       f"{r['roofline_bound_img_per_s_per_chip']:.0f}" if "roofline_bound_img_per_s_per_chip" in r
-                      else "—", f"{r['compile_s']:.0f}"])
+                      else "", f"{a['compile_s']:.0f}", a.get("commit") or r.get("commit") or ""])
+    if markdown:
+        return "\n".join(["| " + " | ".join(map(str, lines[0])) + " |", "|" + "---|" * len(head)]
+                         + ["| " + " | ".join(map(str, row)) + " |" for row in lines[1:]])
     widths = [max(len(str(row[i])) for row in lines) for i in range(len(head))]
-    fmt = lambda row: " | ".join(str(c).rjust(w) for c, w in zip(row, widths))  # noqa: E731
+
+    def fmt(row):
+        return " | ".join(str(c).rjust(w) for c, w in zip(row, widths))
     return "\n".join([fmt(lines[0]), "-+-".join("-" * w for w in widths)] + [fmt(r) for r in lines[1:]])
+
+
+def recorded(report: dict) -> list[dict]:
+    """Every setting of a report's JSON, once (a row of the batch search over a compile of the required set), in the
+    order chip, variant, image size, precision, remat."""
+    order = list(SHORT.values())
+    rows = {key(r): r for sec in ("compiles", "rows") for r in report.get(sec, [])}
+    return sorted(rows.values(), key=lambda r: (r["topology"], order.index(r["config"]) if r["config"] in order
+                                                else len(order), r["img_size"], r["precision"] != "bfloat16",
+                                                ("none", "block", "convs").index(r["remat"])))
 
 
 def main(argv=None) -> dict:
@@ -326,6 +346,7 @@ def main(argv=None) -> dict:
                    help="leave out the settings the JSON already holds, with their largest-batch search unless "
                    "--no-search (a long report goes on where it stopped, and a search that left a gap goes on)")
     p.add_argument("--out", default=str(OUT))
+    p.add_argument("--show", action="store_true", help="print the JSON's table (markdown) and compile nothing")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)    # a child: one compile, JSON on stdout
     a = p.parse_args(argv)
     os.environ.setdefault("JAX_PLATFORMS", "cpu")           # the host runs nothing; libtpu only compiles
@@ -333,6 +354,10 @@ def main(argv=None) -> dict:
     if a.one:
         print(RESULT + json.dumps(_compile_one(json.loads(a.one))), flush=True)
         return {}
+    if a.show:
+        report = json.loads(Path(a.out).read_text())
+        print(table(recorded(report), markdown=True))
+        return report
     import jax
     import libtpu
 

@@ -86,3 +86,23 @@ def test_the_pod_reports_batch_search_extrapolates_and_confirms():
     # a batch of one that does not fit: nothing smaller to try
     assert tpu_aot.largest_batch({}, {"batch_per_chip": 1, "oom": {"temp_gib": 30}}, 15.75 * gib,
                                  compile_fn=compile_fn)["largest_fitting"] is None
+
+
+def test_the_pod_report_prints_its_json_as_the_readmes_table(tmp_path, capsys):
+    import tpu_aot
+    first = {"batch_per_chip": 32, "hbm_bytes": 9 * 2**30, "compile_s": 200.0, "device_kind": "TPU v5 lite"}
+    row = {"config": "imagenet.py:ti", "img_size": 224, "T": 4, "precision": "bfloat16", "remat": "none",
+           "topology": "v5e:2x2", "model": "spikingresformer_ti", "batch": 32, "at_official_batch": first,
+           "fits_official_batch": True, "flops_per_image": 95e9, "collective_bytes_per_step": 45e6,
+           "roofline_bound_img_per_s_per_chip": 171.0, "commit": "abc1234",
+           "largest_batch": {"from": [32, 64], "confirmed": [], "largest_fitting": 47, "smallest_failing": 51}}
+    oom = {k: v for k, v in row.items() if k not in ("flops_per_image", "collective_bytes_per_step",
+                                                     "roofline_bound_img_per_s_per_chip", "largest_batch")}
+    oom.update(remat="block", img_size=288, batch=16, at_official_batch={"batch_per_chip": 16, "compile_s": 30.0},
+               oom={"temp_gib": 16.33, "available_gib": 15.75}, fits_official_batch=False)
+    del row["commit"]
+    (tmp_path / "r.json").write_text(json.dumps({"compiles": [oom], "rows": [row]}))
+    tpu_aot.main(["--show", "--out", str(tmp_path / "r.json")])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2] == "| ti | 224 | 4 | bfloat16 | none | v5e | 32 | 9.00 | yes | 47 (not 51) | 95.0 | 45.0 | 171 | 200 |  |"
+    assert lines[3] == "| ti | 288 | 4 | bfloat16 | block | v5e | 16 | 16.33 (temporaries) | no |  |  |  |  | 30 | abc1234 |"
