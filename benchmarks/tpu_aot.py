@@ -161,7 +161,7 @@ def _recorded_steps(first: dict, search: dict, cap: float) -> list[dict]:
 def search_open(row: dict) -> bool:
     """Whether a row's recorded largest-batch search left a gap that ``largest_batch`` would close."""
     search, chip = row.get("largest_batch"), chip_of(row["at_official_batch"], row["topology"])
-    if not search or "error" in search or len(search.get("from", [])) < 2 or not chip:
+    if not search or "error" in search or "hbm_bytes_at_second" not in search or not chip:
         return False
     cap = chip["usable_hbm_gib"] * 2**30
     return _bisect(_recorded_steps(row["at_official_batch"], search, cap), cap) is not None
@@ -176,7 +176,7 @@ def rescore(row: dict) -> dict:
         return row
     cap = chip["usable_hbm_gib"] * 2**30
     row = {**row, "fits_official_batch": _fits(first, cap)}
-    if search and "error" not in search and len(search.get("from", [])) == 2:
+    if search and "error" not in search and "hbm_bytes_at_second" in search:
         steps = [st for st in _recorded_steps(first, search, cap) if "error" not in st]
         best = max((st["batch_per_chip"] for st in steps if _fits(st, cap)), default=None)
         failing = [st["batch_per_chip"] for st in steps if not _fits(st, cap) and st["batch_per_chip"] > (best or 0)]
