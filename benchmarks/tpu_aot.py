@@ -337,11 +337,11 @@ def table(rows: list[dict], markdown: bool = False) -> str:
     return "\n".join([fmt(lines[0]), "-+-".join("-" * w for w in widths)] + [fmt(r) for r in lines[1:]])
 
 
-def recorded(report: dict) -> list[dict]:
+def recorded(saved: dict) -> list[dict]:
     """Every setting of a report's JSON, once (a row of the batch search over a compile of the required set), in the
     order chip, variant, image size, precision, remat."""
     order = list(SHORT.values())
-    rows = {key(r): rescore(r) for sec in ("compiles", "rows") for r in report.get(sec, [])}
+    rows = {key(r): rescore(r) for sec in ("compiles", "rows") for r in saved.get(sec, [])}
     return sorted(rows.values(), key=lambda r: (r["topology"], order.index(r["config"]) if r["config"] in order
                                                 else len(order), r["img_size"], r["precision"] != "bfloat16",
                                                 ("none", "block", "convs").index(r["remat"])))
@@ -372,9 +372,9 @@ def main(argv=None) -> dict:
         print(RESULT + json.dumps(_compile_one(json.loads(a.one))), flush=True)
         return {}
     if a.show:
-        report = json.loads(Path(a.out).read_text())
-        print(table(recorded(report), markdown=True))
-        return report
+        saved = json.loads(Path(a.out).read_text())
+        print(table(recorded(saved), markdown=True))
+        return saved
     import jax
     import libtpu
 
