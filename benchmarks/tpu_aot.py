@@ -319,14 +319,16 @@ def table(rows: list[dict], markdown: bool = False) -> str:
         if "hbm_bytes" in a:
             hbm, fits = f"{a['hbm_bytes'] / 2**30:.2f}", "yes" if r.get("fits_official_batch") else "no"
         else:
+            code = re.search(r"E\d{4}: \w+", r.get("error", ""))
             hbm, fits = (f"{r['oom']['temp_gib']} (temporaries)", "no") if "oom" in r else \
-                (f"did not compile: {r.get('error', '')[:60]}", "")
+                (f"did not compile: {code[0] if code else r.get('error', '')[:60]}", "")
         lines.append([r["model"].replace("spikingresformer_", ""), r["img_size"], r["T"], r["precision"], r["remat"],
                       chip["name"] if chip else r["topology"], r["batch"], hbm, fits, big,
                       f"{r['flops_per_image'] / 1e9:.1f}" if "flops_per_image" in r else "",
                       f"{r['collective_bytes_per_step'] / 1e6:.1f}" if "collective_bytes_per_step" in r else "",
                       f"{r['roofline_bound_img_per_s_per_chip']:.0f}" if "roofline_bound_img_per_s_per_chip" in r
-                      else "", f"{a['compile_s']:.0f}", a.get("commit") or r.get("commit") or ""])
+                      else "", f"{a['compile_s']:.0f}" if "compile_s" in a else "",
+                      a.get("commit") or r.get("commit") or ""])
     if markdown:
         return "\n".join(["| " + " | ".join(map(str, lines[0])) + " |", "|" + "---|" * len(head)]
                          + ["| " + " | ".join(map(str, row)) + " |" for row in lines[1:]])
