@@ -138,17 +138,25 @@ def _fits(step: dict, cap: float) -> bool:
     return "hbm_bytes" in step and step["hbm_bytes"] <= cap
 
 
+def _verdict(steps: list[dict], cap: float) -> tuple[dict | None, int | None]:
+    """(the compile of the largest batch that fits ``cap``, the smallest batch above it that does not) of a search's
+    compiles; compiles that failed with an error count as neither."""
+    best = max((st for st in steps if _fits(st, cap)), key=lambda st: st["batch_per_chip"], default=None)
+    lo = best["batch_per_chip"] if best else 0
+    return best, min((st["batch_per_chip"] for st in steps if "error" not in st and not _fits(st, cap)
+                      and st["batch_per_chip"] > lo), default=None)
+
+
 def _bisect(steps: list[dict], cap: float) -> int | None:
     """The batch between the largest fitting one and the smallest failing one above it, while the fitting one is
     under 95 % of ``cap`` and they are more than 1/16 apart; None when the search is done."""
     if any("error" in st for st in steps):
         return None
-    best = max((st for st in steps if _fits(st, cap)), key=lambda st: st["batch_per_chip"], default=None)
+    best, over = _verdict(steps, cap)
     lo = best["batch_per_chip"] if best else 0
-    over = [st["batch_per_chip"] for st in steps if not _fits(st, cap) and st["batch_per_chip"] > lo]
-    if (best and best["hbm_bytes"] >= 0.95 * cap) or not over or min(over) - lo <= max(1, lo // 16):
+    if (best and best["hbm_bytes"] >= 0.95 * cap) or over is None or over - lo <= max(1, lo // 16):
         return None
-    return (lo + min(over)) // 2
+    return (lo + over) // 2
 
 
 def _recorded_steps(first: dict, search: dict, cap: float) -> list[dict]:
@@ -177,10 +185,8 @@ def rescore(row: dict) -> dict:
     cap = chip["usable_hbm_gib"] * 2**30
     row = {**row, "fits_official_batch": _fits(first, cap)}
     if search and "error" not in search and "hbm_bytes_at_second" in search:
-        steps = [st for st in _recorded_steps(first, search, cap) if "error" not in st]
-        best = max((st["batch_per_chip"] for st in steps if _fits(st, cap)), default=None)
-        failing = [st["batch_per_chip"] for st in steps if not _fits(st, cap) and st["batch_per_chip"] > (best or 0)]
-        row["largest_batch"] = {**search, "largest_fitting": best, "smallest_failing": min(failing, default=None)}
+        best, over = _verdict(_recorded_steps(first, search, cap), cap)
+        row["largest_batch"] = {**search, "largest_fitting": best and best["batch_per_chip"], "smallest_failing": over}
     return row
 
 
@@ -241,11 +247,10 @@ def largest_batch(setting: dict, first: dict, cap: float, tries: int = 3, compil
         step = run(b)
         confirmed.append(step)
         steps.append(step)
-    best = max((st["batch_per_chip"] for st in steps if _fits(st, cap)), default=None)
-    failing = [st["batch_per_chip"] for st in steps if "error" not in st and not _fits(st, cap)
-               and st["batch_per_chip"] > (best or 0)]
-    return {"extrapolated": predicted, "from": [b0, b_second], "confirmed": confirmed, "largest_fitting": best,
-            "smallest_failing": min(failing, default=None), "hbm_bytes_at_second": _needs(second)}
+    best, over = _verdict(steps, cap)
+    return {"extrapolated": predicted, "from": [b0, b_second], "confirmed": confirmed,
+            "largest_fitting": best and best["batch_per_chip"], "smallest_failing": over,
+            "hbm_bytes_at_second": _needs(second)}
 
 
 def report(spec, img_size, T, precision, remat, topology, batch=None, search=True, known=None) -> dict:
@@ -302,6 +307,12 @@ def planned_key(spec, img_size, T, precision, remat, topology, batch=None) -> st
     return key({**setting, "batch": b0})
 
 
+def _error_code(error: str) -> str:
+    """libtpu's error code and name in ``error`` ("E1001: CompileTimeScopedVmemOom"), else its first 60 characters."""
+    code = re.search(r"E\d{4}: \w+", error)
+    return code[0] if code else error[:60]
+
+
 def table(rows: list[dict], markdown: bool = False) -> str:
     """The report's rows as a text table (``markdown``: as the README's)."""
     head = ["model", "img", "T", "precision", "remat", "chip", "batch", "HBM GiB/chip", "fits", "largest batch",
@@ -314,14 +325,12 @@ def table(rows: list[dict], markdown: bool = False) -> str:
         big = "" if not search else "none" if big is None else \
             f"{big} (not {search['smallest_failing']})" if search.get("smallest_failing") else big
         if "error" in search:
-            code = re.search(r"E\d{4}: \w+", search["error"])
-            big = f"{big}; then {code[0] if code else search['error'][:60]}"
+            big = f"{big}; then {_error_code(search['error'])}"
         if "hbm_bytes" in a:
             hbm, fits = f"{a['hbm_bytes'] / 2**30:.2f}", "yes" if r.get("fits_official_batch") else "no"
         else:
-            code = re.search(r"E\d{4}: \w+", r.get("error", ""))
             hbm, fits = (f"{r['oom']['temp_gib']} (temporaries)", "no") if "oom" in r else \
-                (f"did not compile: {code[0] if code else r.get('error', '')[:60]}", "")
+                (f"did not compile: {_error_code(r.get('error', ''))}", "")
         lines.append([r["model"].replace("spikingresformer_", ""), r["img_size"], r["T"], r["precision"], r["remat"],
                       chip["name"] if chip else r["topology"], r["batch"], hbm, fits, big,
                       f"{r['flops_per_image'] / 1e9:.1f}" if "flops_per_image" in r else "",
