@@ -22,6 +22,7 @@ from .ffn import GWFFN
 from .layers import ConvBN, Dtype, Neuron, NeuronSpec, max_pool, trunc_normal_init
 from .neurons import SURROGATES
 from .ops import LOWERINGS, resolve_conv_impl
+from .ops.chunks import rows_per_chunk
 
 BATCH_STATS = "batch_stats"
 STATE_COLLECTIONS = (BATCH_STATS, FIRING_RATES)
@@ -48,8 +49,8 @@ CONFIG_KEYS = ("blocks", "planes", "num_heads", "patch_sizes", "img_size", "T", 
 NEURON_DEFAULTS = dict(tau=2.0, v_threshold=1.0, surrogate="atan", surrogate_alpha=None, v_reset=0.0,
                        detach_reset=True)
 # model config keys that are not the architecture (CONFIG_KEYS, stored with every checkpoint) but decide how a
-# training program computes: its lowering, and BatchNorm's statistics groups
-TRAINING_MODEL_KEYS = ("conv_impl", "bn_group_size")
+# training program computes: its lowering, BatchNorm's statistics groups, and DSSA's map rows at a time
+TRAINING_MODEL_KEYS = ("conv_impl", "bn_group_size", "attention_chunk")
 # a config's precision → the compute dtype (parameters stay float32)
 PRECISIONS = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -115,6 +116,12 @@ class SpikingResformer(nn.Module):
     batch; BatchNorm's and DSSA's statistics are combined over the axis (channel-sized collectives), so they are
     the whole batch's, and groups of ``bn_group_size`` stay within a device. None: the batch is all here. The
     training steps set it (``training.steps``); it changes no parameter or value.
+
+    ``attention_chunk``: DSSA computes its spiking attention map [T, B, h, N', HW] that many rows (of the N'
+    key/value tokens; the largest divisor of N' not above it) at a time, and its backward recomputes each chunk
+    instead of keeping the map (``ops.chunks``): the memory of one chunk, for a second computation of the map. For
+    high resolutions, where the map is the largest array of the model. None: the whole map at once. The same values
+    up to the order of the sums, and no parameter changes.
     """
 
     blocks: Sequence[int] = (1, 2, 3)
@@ -142,6 +149,7 @@ class SpikingResformer(nn.Module):
     conv_impl: str = "xla"             # "xla" | "slices" | "events" (the factories resolve "auto")
     bn_group_size: int | None = None   # images per BatchNorm statistics group in training (None: the batch)
     axis_name: str | None = None       # the shard_map data axis the model runs under (None: none)
+    attention_chunk: int | None = None  # DSSA: attention-map rows computed at a time (None: the whole map)
 
     def __post_init__(self):
         object.__setattr__(self, "remat", remat_policy(self.remat))
@@ -213,6 +221,7 @@ class SpikingResformer(nn.Module):
                 raise ValueError(f"num_heads {h} does not divide planes {c}")
             if self.group_size < 1 or (4 * c) % self.group_size:
                 raise ValueError(f"group_size {self.group_size} does not divide 4×planes = {4 * c}")
+        rows_per_chunk(1, self.attention_chunk)                                # a positive int or None
         self.stage_sizes(self.img_size, what="img_size")
 
     def stage_sizes(self, img_size: int | tuple[int, int], what: str = "input size") -> list[tuple[int, int]]:
@@ -277,28 +286,21 @@ class SpikingResformer(nn.Module):
                 x = conv(x, train, repeat=self.T)                             # [B, H, W, D1], once for all T
             return max_pool(x, 3, 2, 1) if self.prologue == "default" else x
 
-        def block(mdl, x, parts):                      # a stage's downsample (before its first block), DSSA, GWFFN
+        def layer(mdl, x, part):                       # a stage's downsample (before its first block), DSSA or GWFFN
             if x.ndim == 4:                    # direct encoding, here so that a remat region keeps [B, ...] once
                 x = jnp.broadcast_to(x[None], (self.T,) + x.shape)            # [T, B, H, W, C]
-            for b in parts:
-                if b.kind == "downsample":
-                    x = Downsample(b.channels, neuron, name=b.path, parent=mdl, **lowered)(x, train)
-                elif b.kind == "dssa":
-                    x = DSSA(b.channels, b.heads, b.patch, neuron, name=b.path, parent=mdl, **lowered)(
-                        x, train)
-                else:
-                    x = GWFFN(b.channels, group_size=self.group_size, neuron=neuron, name=b.path,
-                              parent=mdl, **lowered)(x, train)
-            return x
+            if part.kind == "downsample":
+                return Downsample(part.channels, neuron, name=part.path, parent=mdl, **lowered)(x, train)
+            if part.kind == "dssa":
+                return DSSA(part.channels, part.heads, part.patch, neuron, name=part.path, parent=mdl,
+                            attention_chunk=self.attention_chunk, **lowered)(x, train)
+            return GWFFN(part.channels, group_size=self.group_size, neuron=neuron, name=part.path, parent=mdl,
+                         **lowered)(x, train)
 
         x = self._region(stem)(self, x)
-        parts = []
-        for b in rest:                                                        # in forward order
-            parts.append(b)
-            if b.kind == "gwffn":                                             # one SpikingResformer block
-                x = checkpoint_name(x, "block_input")                         # [T, B, H, W, C] ([B, ...] first)
-                x = self._region(functools.partial(block, parts=tuple(parts)))(self, x)
-                parts = []
+        for part in rest:                                                     # in forward order
+            x = checkpoint_name(x, "block_input")                             # [T, B, H, W, C] ([B, ...] first)
+            x = self._region(functools.partial(layer, part=part))(self, x)
         x = jnp.mean(x, axis=(2, 3))                                          # [T, B, D3]
         logits = nn.Dense(self.num_classes, use_bias=False, kernel_init=trunc_normal_init(0.02),
                           dot_general=_named_param_copy, name="classifier", **kw)(x)   # [T, B, classes]
@@ -327,19 +329,21 @@ def config_for(name: str, **overrides) -> dict[str, Any]:
 
 def create_model(name: str, dtype: Dtype | None = None, param_dtype: Dtype = jnp.float32,
                  remat: str | bool = "none", conv_impl: str = "auto", bn_group_size: int | None = None,
-                 platform: str | None = None, **overrides) -> SpikingResformer:
+                 platform: str | None = None, attention_chunk: int | None = None,
+                 **overrides) -> SpikingResformer:
     """A registered variant: ``create_model("spikingresformer_cifar", num_classes=100, img_size=32)``.
     ``conv_impl``: "auto" (the best for ``platform``, default this process's backend; resolved now, which may build
     the CPU kernels), "xla", "slices" or "events" (``ops.lowering``)."""
     return SpikingResformer.from_config(config_for(name, **overrides), dtype=dtype, param_dtype=param_dtype,
                                         remat=remat, conv_impl=conv_impl, platform=platform,
-                                        bn_group_size=bn_group_size)
+                                        bn_group_size=bn_group_size, attention_chunk=attention_chunk)
 
 
 def build_model(model_config: Mapping[str, Any], precision: str = "float32", remat: str | bool = "none",
                 conv_impl: str | None = None, platform: str | None = None) -> SpikingResformer:
-    """The model of a config's ``model_config`` (architecture keys, and optionally ``conv_impl`` and
-    ``bn_group_size``) computing in ``precision`` (``PRECISIONS``; parameters stay float32). ``remat`` (a
+    """The model of a config's ``model_config`` (architecture keys, and optionally ``conv_impl``,
+    ``bn_group_size`` and ``attention_chunk``) computing in ``precision`` (``PRECISIONS``; parameters stay
+    float32). ``remat`` (a
     ``REMAT_POLICIES`` name) is what each block keeps for the backward pass (less memory, more compute);
     ``conv_impl`` (default: the config's, else "auto") is its lowering, resolved here for ``platform`` (default:
     this process's backend), before anything is traced."""
@@ -350,7 +354,8 @@ def build_model(model_config: Mapping[str, Any], precision: str = "float32", rem
     arch = {k: v for k, v in model_config.items() if k not in TRAINING_MODEL_KEYS}
     return SpikingResformer.from_config(arch, dtype=dtype, remat=remat, platform=platform,
                                         conv_impl=conv_impl or model_config.get("conv_impl") or "auto",
-                                        bn_group_size=model_config.get("bn_group_size"))
+                                        bn_group_size=model_config.get("bn_group_size"),
+                                        attention_chunk=model_config.get("attention_chunk"))
 
 
 def dummy_input(model: SpikingResformer, batch: int = 1, dtype=jnp.float32) -> jax.Array:
