@@ -199,36 +199,51 @@ class Neuron(nn.Module):
     detach_reset: bool = True
     fn: Callable | None = None   # a neuron of one's own with lif's signature (NeuronSpec.fn)
 
-    @nn.compact
+    def setup(self):
+        if self.fn is None and self.kind not in ("LIF", "PLIF"):
+            raise ValueError(f"unknown neuron kind {self.kind!r}; choose 'LIF' or 'PLIF'")
+        if self.fn is None and self.kind == "PLIF":
+            w0 = -math.log(self.tau - 1.0)
+            self.w = self.param("w", lambda _: jnp.asarray(w0, self.param_dtype))
+
+    def firing(self) -> Callable[..., jax.Array]:
+        """The layer's neuron as a pure function ``f(x_seq, rebuild=None) -> spikes [T, ...]`` (its parameter, if
+        any, bound): for use inside a JAX transformation such as ``lax.scan``, where a Flax layer cannot be
+        called. It records nothing (``count``)."""
+        if self.fn is not None:
+            return lambda x_seq, rebuild=None: self.fn(x_seq, self.tau, self.v_threshold, self.surrogate,
+                                                        self.alpha)
+        reset = dict(v_reset=self.v_reset, detach_reset=self.detach_reset)
+        if self.kind == "LIF":
+            return lambda x_seq, rebuild=None: lif(x_seq, self.tau, self.v_threshold, self.surrogate,
+                                                   self.alpha, self.unroll, rebuild, **reset)
+        w = self.w
+        return lambda x_seq, rebuild=None: plif(x_seq, w, self.v_threshold, self.surrogate, self.alpha,
+                                                self.unroll, rebuild, **reset)
+
     def __call__(self, x_seq: jax.Array, rebuild: Rebuild | None = None) -> jax.Array:
         """Spikes of ``x_seq``; ``rebuild`` (optional): how ``x_seq`` is computed from arrays kept anyway, so that
         the backward recomputes the membranes instead of keeping them (``neurons.Rebuild``)."""
-        k = None
-        if self.fn is not None:
-            s = self.fn(x_seq, self.tau, self.v_threshold, self.surrogate, self.alpha)
-        elif self.kind == "LIF":
-            s = lif(x_seq, self.tau, self.v_threshold, self.surrogate, self.alpha, self.unroll, rebuild,
-                    v_reset=self.v_reset, detach_reset=self.detach_reset)
-        elif self.kind == "PLIF":
-            w0 = -math.log(self.tau - 1.0)
-            w = self.param("w", lambda _: jnp.asarray(w0, self.param_dtype))
-            s = plif(x_seq, w, self.v_threshold, self.surrogate, self.alpha, self.unroll, rebuild,
-                     v_reset=self.v_reset, detach_reset=self.detach_reset)
-            k = jax.nn.sigmoid(w).astype(x_seq.dtype)
-        else:
-            raise ValueError(f"unknown neuron kind {self.kind!r}; choose 'LIF' or 'PLIF'")
+        s = self.firing()(x_seq, rebuild)
         s = checkpoint_name(s, "spikes")      # names what the backward keeps (memory report, remat policies)
         if self.is_mutable_collection(SPIKES) and not self.is_initializing():      # probes: only when asked
             self.sow(SPIKES, "spikes", s)
         if self.is_mutable_collection(MEMBRANES) and not self.is_initializing() and self.fn is None:
+            k = jax.nn.sigmoid(self.w).astype(x_seq.dtype) if self.kind == "PLIF" else None
             self.sow(MEMBRANES, "membranes", membranes(x_seq, self.v_threshold, tau=self.tau, k=k,
                                                             v_reset=self.v_reset))
         if self.is_mutable_collection(SPIKE_COUNTS) and not self.is_initializing():
-            # Exact integer counts (only computed when the caller asks for this collection).
             si = jax.lax.stop_gradient(s).astype(jnp.int32)
-            self.sow(SPIKE_COUNTS, "total", jnp.sum(si))
-            self.sow(SPIKE_COUNTS, "numel", jnp.asarray(s.size, jnp.int32) if s.size < 2**31 else
-                     jnp.asarray(s.size, jnp.float32))
-            if self.count_map and s.ndim == 5:
-                self.sow(SPIKE_COUNTS, "map", jnp.sum(si, axis=(0, 1, 4)))  # [H, W]
+            self.count(jnp.sum(si), s.size, jnp.sum(si, axis=(0, 1, 4)) if self.count_map and s.ndim == 5 else None)
         return s
+
+    def count(self, total: jax.Array, numel: int, count_map: jax.Array | None = None) -> None:
+        """Records spike counts (only when the caller asks for the ``spike_counts`` collection): the exact integer
+        ``total`` of ``numel`` spikes, and the per-pixel ``count_map`` [H, W] of [T, B, H, W, C] spikes."""
+        if not self.is_mutable_collection(SPIKE_COUNTS) or self.is_initializing():
+            return
+        self.sow(SPIKE_COUNTS, "total", total)
+        self.sow(SPIKE_COUNTS, "numel", jnp.asarray(numel, jnp.int32) if numel < 2**31 else
+                 jnp.asarray(numel, jnp.float32))
+        if count_map is not None:
+            self.sow(SPIKE_COUNTS, "map", count_map)  # [H, W]
