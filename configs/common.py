@@ -26,13 +26,15 @@ def model_config(variant: str, conv_impl: str = "auto", bn_group_size: int | Non
                  **overrides) -> ml_collections.ConfigDict:
     """An official variant's constructor arguments (sresformer_jax.model.VARIANTS) with overrides, the
     lowering ``conv_impl`` ("auto", "xla", "slices" or "events"; resolved when the model is built) and
-    ``bn_group_size`` (images per BatchNorm statistics group in training; None: the whole global batch).
+    ``bn_group_size`` (images per BatchNorm statistics group in training; None: the whole global batch); the
+    config's ``attention_chunk`` (DSSA's attention-map rows computed at a time, for high resolutions; None: all).
     Sequences are tuples so that they can be overridden on the command line (--config.model.num_heads='(1,3,6)')."""
     cfg = config_for(variant, **overrides)
     neuron = neuron_config(**{k: cfg.pop(k) for k in NEURON_DEFAULTS})
     group = ml_collections.config_dict.placeholder(int) if bn_group_size is None else bn_group_size
     return ml_collections.ConfigDict({**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()},
-                                      **neuron, "conv_impl": conv_impl, "bn_group_size": group})
+                                      **neuron, "conv_impl": conv_impl, "bn_group_size": group,
+                                      "attention_chunk": ml_collections.config_dict.placeholder(int)})
 
 
 def base_config() -> ml_collections.ConfigDict:

@@ -20,7 +20,9 @@ from flax import linen as nn
 from jax.ad_checkpoint import checkpoint_name
 
 from .layers import ConvBN, Dtype, Neuron, NeuronSpec, image_groups
+from .neurons import MEMBRANES, SPIKE_COUNTS, SPIKES
 from .ops import dot, lean_backward
+from .ops.chunks import attention_in_chunks, rows_per_chunk
 from .ops.collectives import from_first_device, mean_over_devices
 
 FIRING_RATES = "firing_rates"
@@ -85,6 +87,7 @@ class DSSA(nn.Module):
     neuron: str | NeuronSpec = "LIF"
     momentum: float = 0.999
     conv_impl: str = "xla"
+    attention_chunk: int | None = None  # map rows (key/value tokens) computed at a time (ops.chunks); None: all
     bn_group_size: int | None = None   # train: BatchNorm statistics and firing rates per group of images
     axis_name: str | None = None       # inside shard_map: this device's shard; statistics over the whole batch
     dtype: Dtype | None = None
@@ -126,23 +129,35 @@ class DSSA(nn.Module):
         groups = image_groups(B, self.bn_group_size) if grouped else 1
         groups_axis = self.axis_name if grouped else None                     # groups on every device
 
+        def whole_batch(rate):                                                # [groups, h] of this device's
+            return rate if grouped or not train else mean_over_devices(rate, self.axis_name)
+
         def batch_rate(v):                                                    # [T, B, h, ·, ·] → [groups, h]
             v = jax.lax.stop_gradient(v).astype(stat)
-            rate = jnp.mean(v.reshape((T, groups, B // groups) + v.shape[2:]), (0, 2, 4, 5))
-            return rate if grouped or not train else mean_over_devices(rate, self.axis_name)  # whole batch's
+            return whole_batch(jnp.mean(v.reshape((T, groups, B // groups) + v.shape[2:]), (0, 2, 4, 5)))
 
         rate_x = _firing_rate(r_x, batch_rate(q), train, self.momentum, init, groups_axis)  # [groups, h]
         c1 = _scale(rate_x, d)
-        bits = lean_backward(self.conv_impl)            # XLA's lowering: the backward keeps the spikes as bits
-        y1, q = checkpoint_name(y1, "attention_operand"), q if bits else checkpoint_name(q, "attention_operand")
-        attn = dot("tbhnd,tbhmd->tbhnm", y1, q, binary=1 if bits else None)  # [T, B, h, N', HW]
-        attn = (attn * _per_image(c1, B)).astype(y.dtype)
-        a = neuron("lif_attn", count_map=False)(attn)                         # spiking attention map
-
-        rate_a = _firing_rate(r_attn, batch_rate(a), train, self.momentum, init, groups_axis)  # [groups, h]
+        lif_attn = neuron("lif_attn", count_map=False)                        # spiking attention map
+        rows = rows_per_chunk(n_kv, self.attention_chunk)
+        if rows is None or self.is_mutable_collection(SPIKES) or self.is_mutable_collection(MEMBRANES):
+            bits = lean_backward(self.conv_impl)        # XLA's lowering: the backward keeps the spikes as bits
+            y1, q = checkpoint_name(y1, "attention_operand"), q if bits else checkpoint_name(q, "attention_operand")
+            attn = dot("tbhnd,tbhmd->tbhnm", y1, q, binary=1 if bits else None)  # [T, B, h, N', HW]
+            attn = (attn * _per_image(c1, B)).astype(y.dtype)
+            a = lif_attn(attn)
+            rate_a = batch_rate(a)
+            y2, a = checkpoint_name(y2, "attention_operand"), a if bits else checkpoint_name(a, "attention_operand")
+            out = dot("tbhnm,tbhnd->tbhmd", a, y2, binary=0 if bits else None)   # [T, B, h, HW, d]
+        else:                                           # ``rows`` map rows at a time, recomputed by the backward
+            counting = self.is_mutable_collection(SPIKE_COUNTS) and not init
+            out, spikes_a, total = attention_in_chunks(y1, q, y2, _per_image(c1, B), lif_attn.firing(), rows,
+                                                       groups, counting)
+            rate_a = whole_batch(spikes_a / float(T * (B // groups) * n_kv * H * W))
+            if counting:
+                lif_attn.count(total, T * B * h * n_kv * H * W)
+        rate_a = _firing_rate(r_attn, rate_a, train, self.momentum, init, groups_axis)  # [groups, h]
         c2 = _scale(rate_a, n_kv)
-        y2, a = checkpoint_name(y2, "attention_operand"), a if bits else checkpoint_name(a, "attention_operand")
-        out = dot("tbhnm,tbhnd->tbhmd", a, y2, binary=0 if bits else None)   # [T, B, h, HW, d]
         out = (out * _per_image(c2, B)).astype(y.dtype)
         out = jnp.moveaxis(out, 2, 3).reshape(T, B, H, W, C)                  # head-major channels
 

@@ -64,7 +64,8 @@ def validate_config(config, device_count: int | None = None) -> None:
         if conv_impl not in CONV_IMPLS:
             raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {conv_impl!r}")
         SpikingResformer.from_config(model_config, conv_impl="xla",          # the architecture's checks
-                                     bn_group_size=model_config.pop("bn_group_size", None))
+                                     bn_group_size=model_config.pop("bn_group_size", None),
+                                     attention_chunk=model_config.pop("attention_chunk", None))
     except (TypeError, ValueError) as e:
         raise ValueError(f"config.model: {e}") from e
     if "img_size" in config.dataset and config.dataset.img_size != config.model.img_size:

@@ -2,8 +2,8 @@
 one is refused by name, before anything is restored, instead of failing later as if a checkpoint were corrupt.
 
 Resuming may change the fields in ``SAFE_TO_CHANGE``: they decide how often to log, evaluate and save, where the
-data lives, how many loader threads read it, how the same values are computed (``model.conv_impl``, ``remat``),
-or where to stop. Any other difference changes the model, the data or what a step does, and is refused with one
+data lives, how many loader threads read it, how the same values are computed (``model.conv_impl``,
+``model.attention_chunk``, ``remat``), or where to stop. Any other difference changes the model, the data or what a step does, and is refused with one
 line per field (old → new).
 """
 from __future__ import annotations
@@ -16,7 +16,8 @@ from typing import Any, Mapping
 FILENAME = "config.json"
 SAFE_TO_CHANGE = ("log_every_steps", "eval_every_epochs", "checkpoint_every_steps", "keep_checkpoints",
                   "progress_bar", "total_steps", "eval_batch_size", "data_dir", "dataset.data_dir",
-                  "dataset.workers", "dataset.skip_corrupt", "model.conv_impl", "remat", "init_from", "transfer")
+                  "dataset.workers", "dataset.skip_corrupt", "model.conv_impl", "model.attention_chunk", "remat",
+                  "init_from", "transfer")
 
 
 class ConfigChangedError(ValueError):
