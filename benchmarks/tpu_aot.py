@@ -53,12 +53,14 @@ SHORT = {"ti": "imagenet.py:ti", "s": "imagenet.py:s", "m": "imagenet.py:m", "l"
 # every variant at its official recipe (bf16, remat none) on v5e (L at 288 also with remat block; the DVS128 Gesture
 # model also at the sensor's full 128² instead of the recipe's 64²), and Ti in float32 and with remat block on v5e and
 # v5p
-REQUIRED = ([(c, None, None, "bfloat16", "none", "v5e:2x2") for c in ("ti", "s", "m", "l")]
-            + [("l", 288, None, "bfloat16", "none", "v5e:2x2"), ("l", 288, None, "bfloat16", "block", "v5e:2x2"),
-               ("cifar", 32, None, "bfloat16", "none", "v5e:2x2"),
-               ("dvsg", None, None, "bfloat16", "none", "v5e:2x2"),      # the official recipe: 64², T = 16
-               ("dvsg", 128, 16, "bfloat16", "none", "v5e:2x2")]           # the sensor's full 128²
-            + [("ti", None, None, p, r, t) for t in ("v5e:2x2", "v5p:2x2x1")
+# (the last field: the model's attention_chunk, DSSA's map rows at a time; at 128² the map is the largest array)
+REQUIRED = ([(c, None, None, "bfloat16", "none", "v5e:2x2", None) for c in ("ti", "s", "m", "l")]
+            + [("l", 288, None, "bfloat16", "none", "v5e:2x2", None),
+               ("l", 288, None, "bfloat16", "block", "v5e:2x2", None),
+               ("cifar", 32, None, "bfloat16", "none", "v5e:2x2", None),
+               ("dvsg", None, None, "bfloat16", "none", "v5e:2x2", None),      # the official recipe: 64², T = 16
+               ("dvsg", 128, 16, "bfloat16", "none", "v5e:2x2", 128)]           # the sensor's full 128²
+            + [("ti", None, None, p, r, t, None) for t in ("v5e:2x2", "v5p:2x2x1")
                for p, r in (("float32", "none"), ("bfloat16", "block"))])
 
 
@@ -69,9 +71,12 @@ def mesh_of(topology: str):
     return make_mesh(topologies.get_topology_desc(topology_name=topology, platform="tpu").devices)
 
 
-def config_of(spec: str, img_size: int | None, T: int | None, precision: str, remat: str):
+def config_of(spec: str, img_size: int | None, T: int | None, precision: str, remat: str,
+              attention_chunk: int | None = None):
     from sresformer_jax import configs
     c = configs.load(SHORT.get(spec, spec))
+    if attention_chunk:
+        c.model.attention_chunk = attention_chunk
     if img_size:
         c.model.img_size = c.dataset.img_size = img_size
     if T:
@@ -101,7 +106,8 @@ def _compile_one(setting: dict) -> dict:
     from bench import _memory_analysis
     from sresformer_jax.training import lower_steps
     from sresformer_jax.training.aot import census
-    config = config_of(setting["config"], setting["img_size"], setting["T"], setting["precision"], setting["remat"])
+    config = config_of(setting["config"], setting["img_size"], setting["T"], setting["precision"], setting["remat"],
+                       setting.get("attention_chunk"))
     mesh, batch = mesh_of(setting["topology"]), setting["batch"]
     t0 = time.perf_counter()
     train, _ = lower_steps(config, mesh, batch)
@@ -253,11 +259,12 @@ def largest_batch(setting: dict, first: dict, cap: float, tries: int = 3, compil
             "hbm_bytes_at_second": _needs(second)}
 
 
-def report(spec, img_size, T, precision, remat, topology, batch=None, search=True, known=None) -> dict:
+def report(spec, img_size, T, precision, remat, topology, batch=None, search=True, known=None,
+           attention_chunk=None) -> dict:
     """One row of the report. ``known`` maps ``key`` to rows already compiled: a row of the same setting and batch
     lends its first compile (which keeps the commit it was compiled at) instead of compiling it again."""
     import jax
-    config, setting, b0 = _setting(spec, img_size, T, precision, remat, topology, batch)
+    config, setting, b0 = _setting(spec, img_size, T, precision, remat, topology, batch, attention_chunk)
     row = {**setting, "model": config.model_name, "batch": b0, "jax": jax.__version__}
     old = (known or {}).get(key(row))
     first = ({**old["at_official_batch"], "commit": old.get("commit")}
@@ -289,21 +296,24 @@ def report(spec, img_size, T, precision, remat, topology, batch=None, search=Tru
 
 
 def key(row: dict) -> str:
-    return "|".join(str(row[k]) for k in ("config", "img_size", "T", "precision", "remat", "topology", "batch"))
+    chunk = f"|chunk{row['attention_chunk']}" if row.get("attention_chunk") else ""
+    return "|".join(str(row[k]) for k in ("config", "img_size", "T", "precision", "remat", "topology", "batch")) + chunk
 
 
-def _setting(spec, img_size, T, precision, remat, topology, batch=None) -> tuple:
+def _setting(spec, img_size, T, precision, remat, topology, batch=None, attention_chunk=None) -> tuple:
     """(config, the setting's fields of a row, the per-chip batch to start from) for ``report``'s arguments."""
-    config = config_of(spec, img_size, T, precision, remat)
+    config = config_of(spec, img_size, T, precision, remat, attention_chunk)
     b0 = batch or OFFICIAL_BATCH.get(SHORT.get(spec, spec)) or config.batch_size // 8
     setting = {"config": SHORT.get(spec, spec), "img_size": config.model.img_size, "T": config.model.T,
                "precision": precision, "remat": remat, "topology": topology}
+    if attention_chunk:
+        setting["attention_chunk"] = attention_chunk
     return config, setting, b0
 
 
-def planned_key(spec, img_size, T, precision, remat, topology, batch=None) -> str:
+def planned_key(spec, img_size, T, precision, remat, topology, batch=None, attention_chunk=None) -> str:
     """``key`` of the row that ``report`` would write for these arguments, without compiling anything."""
-    _, setting, b0 = _setting(spec, img_size, T, precision, remat, topology, batch)
+    _, setting, b0 = _setting(spec, img_size, T, precision, remat, topology, batch, attention_chunk)
     return key({**setting, "batch": b0})
 
 
@@ -331,7 +341,9 @@ def table(rows: list[dict], markdown: bool = False) -> str:
         else:
             hbm, fits = (f"{r['oom']['temp_gib']} (temporaries)", "no") if "oom" in r else \
                 (f"did not compile: {_error_code(r.get('error', ''))}", "")
-        lines.append([r["model"].replace("spikingresformer_", ""), r["img_size"], r["T"], r["precision"], r["remat"],
+        name = r["model"].replace("spikingresformer_", "")
+        name += f" (map rows {r['attention_chunk']})" if r.get("attention_chunk") else ""
+        lines.append([name, r["img_size"], r["T"], r["precision"], r["remat"],
                       chip["name"] if chip else r["topology"], r["batch"], hbm, fits, big,
                       f"{r['flops_per_image'] / 1e9:.1f}" if "flops_per_image" in r else "",
                       f"{r['collective_bytes_per_step'] / 1e6:.1f}" if "collective_bytes_per_step" in r else "",
@@ -368,6 +380,8 @@ def main(argv=None) -> dict:
     p.add_argument("--remat", nargs="+", default=["none", "block"], choices=["none", "block", "convs"])
     p.add_argument("--topology", nargs="+", default=["v5e:2x2", "v5p:2x2x1"])
     p.add_argument("--batch", type=int, default=None, help="per-chip batch to start from (default: the official)")
+    p.add_argument("--attention-chunk", type=int, default=None,
+                   help="the model's attention_chunk: DSSA's attention-map rows computed at a time (default: all)")
     p.add_argument("--no-search", action="store_true", help="compile at the batch only (no largest-batch search)")
     p.add_argument("--required", action="store_true", help="the compile set: every variant at its official recipe")
     p.add_argument("--skip-done", action="store_true",
@@ -390,9 +404,9 @@ def main(argv=None) -> dict:
     import libtpu
 
     from bench import _commit, machine_info
-    settings = ([(c, i, t, pr, r, tp, None, False) for c, i, t, pr, r, tp in REQUIRED] if a.required else
-                [(c, a.img_size, a.T, pr, r, tp, a.batch, not a.no_search) for tp in a.topology for c in a.config
-                 for pr in a.precision for r in a.remat])
+    settings = ([(c, i, t, pr, r, tp, None, False, ch) for c, i, t, pr, r, tp, ch in REQUIRED] if a.required else
+                [(c, a.img_size, a.T, pr, r, tp, a.batch, not a.no_search, a.attention_chunk) for tp in a.topology
+                 for c in a.config for pr in a.precision for r in a.remat])
     out = Path(a.out)
     old = json.loads(out.read_text()) if a.out and out.exists() else {}
     section = "compiles" if a.required else "rows"
@@ -401,14 +415,14 @@ def main(argv=None) -> dict:
     entries = {key(r): rescore(r) for r in old.get(section, [])}
     known = {key(r): r for sec in ("compiles", "rows") for r in old.get(sec, [])}
     rows = []
-    for c, img, T, prec, remat, topo, batch, search in settings:
-        done = entries.get(planned_key(c, img, T, prec, remat, topo, batch))
+    for c, img, T, prec, remat, topo, batch, search, chunk in settings:
+        done = entries.get(planned_key(c, img, T, prec, remat, topo, batch, chunk))
         if a.skip_done and done and (not search or ("largest_batch" in done and not search_open(done))
                                      or "error" in done):
             print(f"{c} {img or ''} {prec} remat={remat} {topo}: in {out.name} already", flush=True)
             continue
         print(f"{c} {img or ''} {prec} remat={remat} {topo} ...", flush=True)
-        row = {**report(c, img, T, prec, remat, topo, batch, search, known), "commit": _commit()}
+        row = {**report(c, img, T, prec, remat, topo, batch, search, known, chunk), "commit": _commit()}
         rows.append(row)
         print(table([row]).splitlines()[-1], flush=True)
         entries[key(row)] = row
