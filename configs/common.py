@@ -49,7 +49,7 @@ def base_config() -> ml_collections.ConfigDict:
     # float16 only: dynamic loss scaling with PyTorch GradScaler's defaults (sresformer_jax.training.loss_scale)
     c.loss_scale = ml_collections.ConfigDict(dict(init_scale=2.0 ** 16, growth_interval=2000, growth_factor=2.0,
                                                   backoff_factor=0.5))
-    c.remat = "none"                  # "block" | "convs": jax.checkpoint per block and stem (model.REMAT_POLICIES)
+    c.remat = "none"                  # "block" | "convs": jax.checkpoint per layer and stem (model.REMAT_POLICIES)
     c.optim = ml_collections.ConfigDict(dict(
         lr=1e-3, weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-8, epochs=300, warmup_epochs=3, warmup_lr=1e-5,
         min_lr=1e-5, schedule_per_step=False))   # timm cosine stepped once per epoch (official)

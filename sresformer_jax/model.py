@@ -74,13 +74,13 @@ class Downsample(nn.Module):
                       param_dtype=self.param_dtype, name="conv")(s, train)
 
 
-# What the stem and each SpikingResformer block (the stage's downsample before its first block, DSSA, GWFFN)
-# keep for the backward pass (``remat``); the rest is recomputed there. Values are named where they are made
+# What the stem and each layer of a SpikingResformer block (the stage's downsample before its first block, the DSSA,
+# the GWFFN: one remat region each) keep for the backward pass (``remat``); the rest is recomputed there. Values are named where they are made
 # (``jax.ad_checkpoint.checkpoint_name``): "spike_bytes" (the spikes a convolution keeps, as bits), "membrane",
 # "bn_input" (a convolution's output), "attention_operand", "block_input" (benchmarks/memory.py measures each).
 REMAT_POLICIES = {
     "none": None,                                                        # no remat: autodiff keeps what it needs
-    "block": jax.checkpoint_policies.nothing_saveable,                   # only the block's input: +1 forward
+    "block": jax.checkpoint_policies.nothing_saveable,                   # only each layer's input: +1 forward
     # + the convolutions' outputs (and BatchNorm's μ, 1/σ): the backward recomputes no convolution
     "convs": jax.checkpoint_policies.save_only_these_names("bn_input", "bn_stats"),
 }
@@ -145,7 +145,7 @@ class SpikingResformer(nn.Module):
     neuron_fn: Callable | None = None  # a neuron of one's own (layers.NeuronSpec.fn); not stored in checkpoints
     dtype: Dtype | None = None         # computation dtype (None: the input's)
     param_dtype: Dtype = jnp.float32
-    remat: str | bool = "none"         # REMAT_POLICIES: what the stem and each block keep for the backward pass
+    remat: str | bool = "none"         # REMAT_POLICIES: what the stem and each layer keep for the backward pass
     conv_impl: str = "xla"             # "xla" | "slices" | "events" (the factories resolve "auto")
     bn_group_size: int | None = None   # images per BatchNorm statistics group in training (None: the batch)
     axis_name: str | None = None       # the shard_map data axis the model runs under (None: none)
@@ -246,8 +246,9 @@ class SpikingResformer(nn.Module):
         return m * 2 ** (len(self.patch_sizes) - 1) * max(self.patch_sizes) * 2
 
     def _region(self, fn):
-        """``fn(module, x)`` (the stem, or one block: downsample, DSSA, GWFFN) as it is, or as a ``jax.checkpoint``
-        region of the remat policy, which keeps its input and what the policy names."""
+        """``fn(module, x)`` (the stem, or one layer: a downsample, a DSSA or a GWFFN) as it is, or as a
+        ``jax.checkpoint`` region of the remat policy, which keeps its input and what the policy names: the backward
+        of one layer then holds only that layer's recomputed values."""
         return fn if self.remat == "none" else nn.remat(fn, policy=REMAT_POLICIES[self.remat])
 
     def _check_input(self, x: jax.Array) -> None:
@@ -344,7 +345,7 @@ def build_model(model_config: Mapping[str, Any], precision: str = "float32", rem
     """The model of a config's ``model_config`` (architecture keys, and optionally ``conv_impl``,
     ``bn_group_size`` and ``attention_chunk``) computing in ``precision`` (``PRECISIONS``; parameters stay
     float32). ``remat`` (a
-    ``REMAT_POLICIES`` name) is what each block keeps for the backward pass (less memory, more compute);
+    ``REMAT_POLICIES`` name) is what each layer keeps for the backward pass (less memory, more compute);
     ``conv_impl`` (default: the config's, else "auto") is its lowering, resolved here for ``platform`` (default:
     this process's backend), before anything is traced."""
     if precision not in PRECISIONS:
