@@ -90,6 +90,7 @@ class DSSA(nn.Module):
     attention_chunk: int | None = None  # map rows (key/value tokens) computed at a time (ops.chunks); None: all
     bn_group_size: int | None = None   # train: BatchNorm statistics and firing rates per group of images
     axis_name: str | None = None       # inside shard_map: this device's shard; statistics over the whole batch
+    early_weight_grads: bool = False   # the backward computes parameter gradients with input gradients (ops.grads)
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
 
@@ -104,11 +105,13 @@ class DSSA(nn.Module):
             raise ValueError(f"DSSA patch size {p} does not divide the feature map {H}×{W}; choose an "
                              "input size that every stage's patch size divides")
         spec = NeuronSpec.of(self.neuron).fields()
-        neuron = lambda name, **kw: Neuron(**spec, param_dtype=self.param_dtype, name=name, **kw)  # noqa: E731
+        neuron = lambda name, **kw: Neuron(**spec, param_dtype=self.param_dtype, name=name,  # noqa: E731
+                                           early_weight_grads=self.early_weight_grads, **kw)
         init = self.is_initializing()
 
         s = neuron("lif_in")(x)                                               # [T, B, H, W, C]
         kw = dict(spikes=True, conv_impl=self.conv_impl, bn_group_size=self.bn_group_size,
+                  early_weight_grads=self.early_weight_grads,
                   axis_name=self.axis_name, dtype=self.dtype, param_dtype=self.param_dtype)
         y = ConvBN(2 * C, p, stride=p, name="kv", **kw)(s, train)            # [T, B, H/p, W/p, 2C]
         n_kv = y.shape[2] * y.shape[3]                                        # N'

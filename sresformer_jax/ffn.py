@@ -24,6 +24,7 @@ class GWFFN(nn.Module):
     conv_impl: str = "xla"
     bn_group_size: int | None = None   # train: BatchNorm statistics per group of images
     axis_name: str | None = None       # inside shard_map: this device's shard; statistics over the whole batch
+    early_weight_grads: bool = False   # the backward computes parameter gradients with input gradients (ops.grads)
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
 
@@ -34,9 +35,11 @@ class GWFFN(nn.Module):
             raise ValueError(f"GWFFN group size {self.group_size} does not divide {inner} = "
                              f"{self.ratio}×{self.dim} hidden channels")
         kw = dict(spikes=True, conv_impl=self.conv_impl, bn_group_size=self.bn_group_size,
+                  early_weight_grads=self.early_weight_grads,
                   axis_name=self.axis_name, dtype=self.dtype, param_dtype=self.param_dtype)  # convs of spikes
         spec = NeuronSpec.of(self.neuron).fields()
-        neuron = lambda name: Neuron(**spec, param_dtype=self.param_dtype, name=name)  # noqa: E731
+        neuron = lambda name: Neuron(**spec, param_dtype=self.param_dtype, name=name,  # noqa: E731
+                                     early_weight_grads=self.early_weight_grads)
 
         # The two inner neurons read BatchNorm outputs: on XLA's lowering they rebuild their inputs from the
         # convolutions' outputs (which BatchNorm's backward keeps) instead of keeping membranes (neurons.Rebuild).

@@ -20,6 +20,7 @@ from jax.ad_checkpoint import checkpoint_name
 from .neurons import MEMBRANES, SPIKE_COUNTS, SPIKES, Rebuild, lif, membranes, plif
 from .ops import batch_norm_train, conv2d, conv_lowering, normalize, uses_stats_kernels
 from .ops.collectives import device_count, from_first_device
+from .ops.grads import together
 from .ops.conv import max_pool  # noqa: F401  (a layer of the model; pure lax, shared with the deploy form)
 
 Dtype = Any
@@ -124,7 +125,8 @@ class ConvBN(nn.Module):
 
     ``spikes``: x is a spike tensor (0/1), which the convolution may read as bytes. ``conv_impl``: the model's
     lowering ("xla", "slices" or "events"; ``ops.lowering``), which decides this convolution's and statistics'
-    computation. ``bn_group_size``, ``axis_name``: BatchNorm's ``group_size`` and ``axis_name``."""
+    computation. ``bn_group_size``, ``axis_name``: BatchNorm's ``group_size`` and ``axis_name``.
+    ``early_weight_grads``: the backward computes the kernel's gradient with the input's (``ops.grads``)."""
 
     features: int
     kernel_size: int
@@ -135,6 +137,7 @@ class ConvBN(nn.Module):
     conv_impl: str = "xla"
     bn_group_size: int | None = None
     axis_name: str | None = None
+    early_weight_grads: bool = False
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
 
@@ -146,6 +149,8 @@ class ConvBN(nn.Module):
         kernel = self.param("kernel", trunc_normal_init(0.02), (k, k, cin // self.groups, self.features),
                             self.param_dtype)
         dtype = self.dtype or x.dtype
+        if self.early_weight_grads:
+            x, kernel = together((x, kernel))
         kernel = checkpoint_name(kernel.astype(dtype), "param_copy")      # the compute-dtype copy (bf16: kept)
         y = conv2d(x.astype(dtype), kernel, self.stride, self.padding, self.groups,
                    conv_lowering(self.conv_impl, self.spikes), binary=self.spikes).astype(dtype)
@@ -198,6 +203,7 @@ class Neuron(nn.Module):
     v_reset: float | None = 0.0  # hard reset value; None: soft reset
     detach_reset: bool = True
     fn: Callable | None = None   # a neuron of one's own with lif's signature (NeuronSpec.fn)
+    early_weight_grads: bool = False  # PLIF: the backward computes w's gradient with the input's (ops.grads)
 
     def setup(self):
         if self.fn is None and self.kind not in ("LIF", "PLIF"):
@@ -217,9 +223,12 @@ class Neuron(nn.Module):
         if self.kind == "LIF":
             return lambda x_seq, rebuild=None: lif(x_seq, self.tau, self.v_threshold, self.surrogate,
                                                    self.alpha, self.unroll, rebuild, **reset)
-        w = self.w
-        return lambda x_seq, rebuild=None: plif(x_seq, w, self.v_threshold, self.surrogate, self.alpha,
-                                                self.unroll, rebuild, **reset)
+        w, early = self.w, self.early_weight_grads
+
+        def fire(x_seq, rebuild=None):
+            x_seq, w_ = together((x_seq, w)) if early else (x_seq, w)
+            return plif(x_seq, w_, self.v_threshold, self.surrogate, self.alpha, self.unroll, rebuild, **reset)
+        return fire
 
     def __call__(self, x_seq: jax.Array, rebuild: Rebuild | None = None) -> jax.Array:
         """Spikes of ``x_seq``; ``rebuild`` (optional): how ``x_seq`` is computed from arrays kept anyway, so that

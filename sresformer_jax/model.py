@@ -63,20 +63,22 @@ class Downsample(nn.Module):
     conv_impl: str = "xla"
     bn_group_size: int | None = None
     axis_name: str | None = None
+    early_weight_grads: bool = False   # the backward computes parameter gradients with input gradients (ops.grads)
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        s = Neuron(**NeuronSpec.of(self.neuron).fields(), param_dtype=self.param_dtype, name="lif")(x)
+        s = Neuron(**NeuronSpec.of(self.neuron).fields(), param_dtype=self.param_dtype, name="lif",
+                   early_weight_grads=self.early_weight_grads)(x)
         return ConvBN(self.features, 3, stride=2, padding=1, spikes=True, conv_impl=self.conv_impl,
                       bn_group_size=self.bn_group_size, axis_name=self.axis_name, dtype=self.dtype,
-                      param_dtype=self.param_dtype, name="conv")(s, train)
+                      param_dtype=self.param_dtype, early_weight_grads=self.early_weight_grads, name="conv")(s, train)
 
 
 # What the stem and each layer of a SpikingResformer block (the stage's downsample before its first block, the DSSA,
-# the GWFFN: one remat region each) keep for the backward pass (``remat``); the rest is recomputed there. Values are named where they are made
-# (``jax.ad_checkpoint.checkpoint_name``): "spike_bytes" (the spikes a convolution keeps, as bits), "membrane",
+# the GWFFN: one remat region each) keep for the backward pass (``remat``); the rest is recomputed there. Values are
+# named where they are made (``jax.ad_checkpoint.checkpoint_name``): "spike_bytes" (the spikes a convolution keeps, as bits), "membrane",
 # "bn_input" (a convolution's output), "attention_operand", "block_input" (benchmarks/memory.py measures each).
 REMAT_POLICIES = {
     "none": None,                                                        # no remat: autodiff keeps what it needs
@@ -272,7 +274,10 @@ class SpikingResformer(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         self._check_input(x)
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        lowered = dict(kw, conv_impl=self.conv_impl, bn_group_size=self.bn_group_size, axis_name=self.axis_name)
+        # in remat regions, each parameter gradient is computed with its input's (ops.grads): XLA:TPU's scheduler
+        # would otherwise hold the recomputed values of every layer to the end of the backward pass for them
+        lowered = dict(kw, conv_impl=self.conv_impl, bn_group_size=self.bn_group_size, axis_name=self.axis_name,
+                       early_weight_grads=self.remat != "none")
         neuron = self.neuron_spec()
         dtype = self.dtype or x.dtype
         x = x.astype(dtype)

@@ -151,7 +151,7 @@ def _multistep_bwd(tau, v_threshold, surrogate, alpha, unroll, reset, res, ds_se
     v_prev = jnp.concatenate([jnp.full_like(h_seq[:1], _v_init(reset)),
                               _reset(h_prev, spike(h_prev - v_threshold, surrogate, alpha), v_threshold, reset)])
     dk = jnp.sum(dh_seq * (x_seq - v_prev), dtype=jnp.promote_types(dtype, jnp.float32))
-    return jax.lax.optimization_barrier((kk * dh_seq, dk.astype(k.dtype)))   # dk now: X not kept to the end
+    return kk * dh_seq, dk.astype(k.dtype)
 
 
 _multistep.defvjp(_multistep_fwd, _multistep_bwd)

@@ -379,3 +379,24 @@ def test_dot_of_spikes_keeps_bits_and_equals_dot(spec, which, dtype, x64):
     kept = [(a.shape, a.dtype) for a, _ in kept]
     assert (spikes[:-1] + (-(-spikes[-1] // 8),), jnp.uint8) in kept           # ⌈n/8⌉ bytes
     assert (spikes, jnp.dtype(dtype)) not in kept and (ops[1 - which].shape, jnp.dtype(dtype)) in kept
+
+
+def test_together_is_the_identity_and_its_backward_ties_the_gradients():
+    from sresformer_jax.ops.grads import together
+    x, w = jnp.arange(6.0).reshape(2, 3), jnp.asarray(0.5)
+    loss = lambda x, w: jnp.sum(jnp.sin(x) * w)                              # noqa: E731
+    tied = lambda x, w: loss(*together((x, w)))                               # noqa: E731
+    chex.assert_trees_all_equal(tied(x, w), loss(x, w))
+    chex.assert_trees_all_equal(jax.grad(tied, (0, 1))(x, w), jax.grad(loss, (0, 1))(x, w))
+    assert "optimization_barrier" in str(jax.make_jaxpr(jax.grad(tied, (0, 1)))(x, w))
+    x = jnp.zeros((2, 16, 16, 3))
+
+    def barriers(remat):                # a model's layers tie their weight gradients in remat regions only
+        model = create_model("spikingresformer_cifar", num_classes=2, img_size=16, conv_impl="xla", remat=remat,
+                             blocks=(1, 1, 1), planes=(8, 16, 32), num_heads=(1, 2, 4), group_size=8, T=2)
+        v = model.init(jax.random.PRNGKey(0), x)
+        grad = jax.grad(lambda p: model.apply({**v, "params": p}, x, train=True,
+                                              mutable=["batch_stats", "firing_rates"])[0].sum())
+        return str(jax.make_jaxpr(grad)(v["params"])).count("optimization_barrier")
+
+    assert barriers("none") == 0 and barriers("block") > 0

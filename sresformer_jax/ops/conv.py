@@ -76,9 +76,7 @@ def _xla_conv_spikes_bwd(stride, padding, groups, res, dy):
     c = kernel.shape[2] * groups
     x = unpack_bits(kept, kernel.dtype, c)
     _, vjp = jax.vjp(lambda x, k: _xla_conv(x, k, stride, padding, groups), x, kernel)
-    # both gradients at once: the kernel's, needed only by the optimizer, would otherwise be left by XLA:TPU's
-    # scheduler to the end of the backward pass, with the kept spikes of every layer alive until then
-    return jax.lax.optimization_barrier(vjp(dy))
+    return vjp(dy)
 
 
 _xla_conv_spikes.defvjp(_xla_conv_spikes_fwd, _xla_conv_spikes_bwd)
