@@ -219,7 +219,7 @@ class Neuron(nn.Module):
         if self.fn is not None:
             return lambda x_seq, rebuild=None: self.fn(x_seq, self.tau, self.v_threshold, self.surrogate,
                                                         self.alpha)
-        reset = dict(v_reset=self.v_reset, detach_reset=self.detach_reset)
+        reset = {"v_reset": self.v_reset, "detach_reset": self.detach_reset}
         if self.kind == "LIF":
             return lambda x_seq, rebuild=None: lif(x_seq, self.tau, self.v_threshold, self.surrogate,
                                                    self.alpha, self.unroll, rebuild, **reset)

@@ -13,8 +13,9 @@ from sresformer_jax.model import SpikingResformer, calibrate, init_variables
 from sresformer_jax.ops.chunks import rows_per_chunk
 
 # 16² → stage maps of N' = 16 rows (HW = 256, 64, 16): chunks of 4 rows split each into four
-CFG = dict(blocks=(1, 1, 1), planes=(8, 16, 32), num_heads=(1, 2, 4), patch_sizes=(4, 2, 1), img_size=16, T=3,
-           in_channels=2, num_classes=5, prologue="conv3x3", group_size=8, activation="PLIF", dvs=True)
+CFG = {"blocks": (1, 1, 1), "planes": (8, 16, 32), "num_heads": (1, 2, 4), "patch_sizes": (4, 2, 1), "img_size": 16,
+       "T": 3, "in_channels": 2, "num_classes": 5, "prologue": "conv3x3", "group_size": 8, "activation": "PLIF",
+       "dvs": True}
 
 
 def _data(dtype):
@@ -88,7 +89,7 @@ def test_chunked_map_counts_the_same_spikes(x64, train):
 def test_chunked_backward_keeps_no_attention_map():
     """What the backward pass keeps (the forward's residuals): stage 1's map [T, B, h, N' = 16, HW = 256] (as
     values or bits) without chunks; no map and no chunk of one with them."""
-    x, y = _data(jnp.float32)
+    x, _ = _data(jnp.float32)
     v = init_variables(_model(None), jax.random.PRNGKey(0), x)
 
     def maps_kept(model):

@@ -384,8 +384,8 @@ def test_dot_of_spikes_keeps_bits_and_equals_dot(spec, which, dtype, x64):
 def test_together_is_the_identity_and_its_backward_ties_the_gradients():
     from sresformer_jax.ops.grads import together
     x, w = jnp.arange(6.0).reshape(2, 3), jnp.asarray(0.5)
-    loss = lambda x, w: jnp.sum(jnp.sin(x) * w)                              # noqa: E731
-    tied = lambda x, w: loss(*together((x, w)))                               # noqa: E731
+    loss = lambda x, w: jnp.sum(jnp.sin(x) * w)
+    tied = lambda x, w: loss(*together((x, w)))
     chex.assert_trees_all_equal(tied(x, w), loss(x, w))
     chex.assert_trees_all_equal(jax.grad(tied, (0, 1))(x, w), jax.grad(loss, (0, 1))(x, w))
     assert "optimization_barrier" in str(jax.make_jaxpr(jax.grad(tied, (0, 1)))(x, w))

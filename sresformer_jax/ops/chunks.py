@@ -13,7 +13,7 @@ The values are those of the whole-map computation up to the order of the sums.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -40,7 +40,7 @@ def attention_in_chunks(y1: jax.Array, q: jax.Array, y2: jax.Array, c1: jax.Arra
     over the leading time axis). Returns the unscaled product [T, B, h, HW, d] (float32 for low-precision operands,
     as ``dot``), the number of spikes of a per image group and head [groups, h] (float32 or wider, not
     differentiated), and with ``count`` their exact total (int32; else None)."""
-    T, B, h, n, d = y1.shape
+    T, B, h, n, _ = y1.shape
     k = n // rows
     stat = jnp.promote_types(y1.dtype, jnp.float32)
 
