@@ -22,7 +22,8 @@ def get_config(arg=None):
     c.model = ml_collections.ConfigDict(dict(
         blocks=(1, 2, 3), planes=(16, 32, 64), num_heads=(1, 2, 4), patch_sizes=(4, 2, 1), img_size=8,
         T=4, in_channels=1, num_classes=10, prologue="conv3x3", group_size=16, activation="LIF", dvs=False,
-        **neuron_config(), conv_impl="auto", bn_group_size=ml_collections.config_dict.placeholder(int)))
+        **neuron_config(), conv_impl="auto", bn_group_size=ml_collections.config_dict.placeholder(int),
+        attention_chunk=ml_collections.config_dict.placeholder(int)))
     c.dataset = ml_collections.ConfigDict(dict(name="digits", img_size=8, test_fraction=0.2, split_seed=0))
     c.seed = 0
     c.batch_size = 64

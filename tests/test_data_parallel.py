@@ -24,16 +24,19 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900),   # subprocesses that 
               pytest.mark.xdist_group("data_parallel")]      # one worker computes the module fixture
 
 LOWERINGS = ("xla", "slices", "events")
+CASES = (*LOWERINGS, "xla+chunk4")     # and the attention map a chunk of rows at a time (attention_chunk)
 
 TINY = textwrap.dedent(r"""
     import json, sys
     import jax, jax.numpy as jnp, numpy as np
     from sresformer_jax.configs import quickstart
 
-    def tiny(conv_impl, bn_group_size=None):
+    def tiny(case, bn_group_size=None):
+        # case: a lowering, with "+chunk4" the attention map 4 of its 16 rows at a time (xla+chunk4)
+        conv_impl, _, chunk = case.partition("+chunk")
         c = quickstart.get_config()
         c.model.update(blocks=(1, 1, 1), planes=(8, 16, 32), num_heads=(1, 2, 4), group_size=8, img_size=16, T=2,
-                       conv_impl=conv_impl, bn_group_size=bn_group_size)
+                       conv_impl=conv_impl, bn_group_size=bn_group_size, attention_chunk=int(chunk) if chunk else None)
         c.dataset.img_size = 16
         return c
 """)
@@ -55,7 +58,7 @@ FOUR_DEVICES = TINY + textwrap.dedent(r"""
     for impl, group in [tuple(s.split(":")) for s in sys.argv[2].split(",")]:   # the values, float64
         group = int(group) or None
         config = tiny(impl, group)
-        model = build_model(config.model.to_dict(), conv_impl=impl).clone(param_dtype=jnp.float64)
+        model = build_model(config.model.to_dict()).clone(param_dtype=jnp.float64)
         tx, schedule = make_optimizer(config.optim, 10)
         shape = input_shape(model)
         rng = np.random.default_rng(0)
@@ -107,13 +110,13 @@ def _result(stdout: str) -> dict:
 @pytest.fixture(scope="module")
 def four_devices():
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count=4 {FAST_COMPILE}")
-    p = subprocess.run([sys.executable, "-c", FOUR_DEVICES, ",".join(LOWERINGS), "xla:0,xla:2,events:0"], env=env,
-                       capture_output=True, text=True, timeout=1200)
+    p = subprocess.run([sys.executable, "-c", FOUR_DEVICES, ",".join(CASES), "xla:0,xla:2,events:0,xla+chunk4:0"],
+                       env=env, capture_output=True, text=True, timeout=1200, check=False)
     assert p.returncode == 0, p.stderr[-6000:]
     return _result(p.stdout)
 
 
-@pytest.mark.parametrize("impl", LOWERINGS)
+@pytest.mark.parametrize("impl", CASES)
 @pytest.mark.parametrize("step", ["train", "eval"])
 def test_each_device_computes_only_its_shard(four_devices, impl, step):
     r = four_devices["census"][impl][step]
@@ -121,7 +124,7 @@ def test_each_device_computes_only_its_shard(four_devices, impl, step):
     assert not r["other_collectives"], f"collectives that move activations: {r['other_collectives']}"
 
 
-@pytest.mark.parametrize("impl", LOWERINGS)
+@pytest.mark.parametrize("impl", CASES)
 def test_all_reduces_move_gradients_and_statistics_only(four_devices, impl):
     r = four_devices["census"][impl]
     sizes = r["bytes"]
@@ -132,7 +135,8 @@ def test_all_reduces_move_gradients_and_statistics_only(four_devices, impl):
     assert r["eval"]["census"]["all-reduce"]["bytes"] <= sizes["spike_counts"] + 64   # spike counts and 4 sums
 
 
-@pytest.mark.parametrize("case", ["xla:0", "xla:2", "events:0"], ids=["global-bn", "bn-groups", "events"])
+@pytest.mark.parametrize("case", ["xla:0", "xla:2", "events:0", "xla+chunk4:0"],
+                         ids=["global-bn", "bn-groups", "events", "map-chunks"])
 def test_four_devices_compute_what_one_computes(four_devices, case):
     """float64, two steps over the same global batch of 8: parameters, optimizer state, BatchNorm statistics and
     firing rates equal (global statistics through the collectives; with groups, each group within a device)."""
