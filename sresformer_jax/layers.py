@@ -20,8 +20,8 @@ from jax.ad_checkpoint import checkpoint_name
 from .neurons import MEMBRANES, SPIKE_COUNTS, SPIKES, Rebuild, lif, membranes, plif
 from .ops import batch_norm_train, conv2d, conv_lowering, normalize, uses_stats_kernels
 from .ops.collectives import device_count, from_first_device
-from .ops.grads import together
 from .ops.conv import max_pool  # noqa: F401  (a layer of the model; pure lax, shared with the deploy form)
+from .ops.grads import together
 
 Dtype = Any
 

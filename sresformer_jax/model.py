@@ -78,8 +78,9 @@ class Downsample(nn.Module):
 
 # What the stem and each layer of a SpikingResformer block (the stage's downsample before its first block, the DSSA,
 # the GWFFN: one remat region each) keep for the backward pass (``remat``); the rest is recomputed there. Values are
-# named where they are made (``jax.ad_checkpoint.checkpoint_name``): "spike_bytes" (the spikes a convolution keeps, as bits), "membrane",
-# "bn_input" (a convolution's output), "attention_operand", "block_input" (benchmarks/memory.py measures each).
+# named where they are made (``jax.ad_checkpoint.checkpoint_name``): "spike_bytes" (the spikes a convolution keeps, as
+# bits), "membrane", "bn_input" (a convolution's output), "attention_operand", "block_input" (benchmarks/memory.py
+# measures each).
 REMAT_POLICIES = {
     "none": None,                                                        # no remat: autodiff keeps what it needs
     "block": jax.checkpoint_policies.nothing_saveable,                   # only each layer's input: +1 forward
