@@ -106,3 +106,15 @@ def test_the_pod_report_prints_its_json_as_the_readmes_table(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[2] == "| ti | 224 | 4 | bfloat16 | none | v5e | 32 | 9.00 | yes | 47 (not 51) | 95.0 | 45.0 | 171 | 200 |  |"
     assert lines[3] == "| ti | 288 | 4 | bfloat16 | block | v5e | 16 | 16.33 (temporaries) | no |  |  |  |  | 30 | abc1234 |"
+
+
+def test_the_readmes_pod_table_is_the_recorded_report(capsys):
+    """The README's pod-report table is ``tpu_aot.py --show`` of benchmarks/results/tpu_aot.json, row for row."""
+    import tpu_aot
+
+    from conftest import ROOT
+    tpu_aot.main(["--show"])
+    shown = capsys.readouterr().out.strip()
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index(shown.splitlines()[0])
+    assert readme[start:].split("\n\n", 1)[0] == shown, "regenerate the table: python benchmarks/tpu_aot.py --show"
