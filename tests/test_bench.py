@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 import bench
+import pytest
+from conftest import ROOT
 
 # one stage, 4×4 input, T = 1: compilation dominates; the test takes ~17 s on 2 cores
 TINY = dict(planes=(8,), num_heads=(1,), blocks=(1,), patch_sizes=(2,), group_size=8)
@@ -111,8 +111,6 @@ def test_the_pod_report_prints_its_json_as_the_readmes_table(tmp_path, capsys):
 def test_the_readmes_pod_table_is_the_recorded_report(capsys):
     """The README's pod-report table is ``tpu_aot.py --show`` of benchmarks/results/tpu_aot.json, row for row."""
     import tpu_aot
-
-    from conftest import ROOT
     tpu_aot.main(["--show"])
     shown = capsys.readouterr().out.strip()
     readme = (ROOT / "README.md").read_text()
